@@ -1,0 +1,102 @@
+"""Overlapped ``ReadFile``/``WriteFile`` on files and pipes, completing on a port."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+from ntdll import functions as nt
+from ntdll import status as ntstatus
+from ntdll.structures import OVERLAPPED
+
+from .operation import Operation
+from .port import CompletionPort
+
+__all__ = ["ReadOperation", "WriteOperation", "start_read", "start_write"]
+
+_END_OF_DATA = (ntstatus.STATUS_END_OF_FILE, ntstatus.STATUS_PIPE_BROKEN)
+
+
+class ReadOperation(Operation):
+    """An overlapped read: ``data`` holds the bytes read once it completes."""
+
+    __slots__ = ()
+
+    @property
+    def data(self) -> bytes:
+        """The bytes read (empty at end of data); raises if the read failed otherwise."""
+        if self.at_end:
+            return b""
+        count = self.result()
+        buffer = self.buffer
+        assert buffer is not None
+        return ctypes.string_at(ctypes.addressof(buffer), count)
+
+    @property
+    def at_end(self) -> bool:
+        """The read completed with end of file, or the pipe's other end was closed."""
+        return self.status in _END_OF_DATA
+
+
+class WriteOperation(Operation):
+    """An overlapped write of a private copy of the data; ``result()`` is the bytes written."""
+
+    __slots__ = ()
+
+
+def _set_offset(overlapped: OVERLAPPED, offset: int) -> None:
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
+    overlapped.Offset = offset & 0xFFFFFFFF
+    overlapped.OffsetHigh = offset >> 32
+
+
+def start_read(port: CompletionPort, handle: int, size: int, tag: Any = None,
+               offset: int = 0, operation: ReadOperation | None = None) -> ReadOperation:
+    """Start reading up to ``size`` bytes from ``handle`` (associated with ``port``).
+
+    ``offset`` is the file position (ignored by pipes). Pass a completed ``operation`` to reuse
+    its buffer. A failure at issue time (a closed pipe: ``BrokenPipeError``; a bad handle...)
+    raises ``OSError``; otherwise the completion arrives on ``port``.
+    """
+    if size <= 0 or size > 0xFFFFFFFF:
+        raise ValueError(f"read size must be between 1 and 2**32-1 bytes, not {size}")
+    if operation is None:
+        operation = ReadOperation(tag, ctypes.create_string_buffer(size))
+    else:
+        reused = operation.buffer  # raises OperationBusyError while still pending
+        if reused is None or ctypes.sizeof(reused) < size:
+            raise ValueError(f"{operation!r}: its buffer is smaller than {size} bytes")
+        operation.tag = tag
+    buffer = operation.buffer
+    assert buffer is not None
+
+    def issue(overlapped: OVERLAPPED) -> bool:
+        _set_offset(overlapped, offset)
+        nt.ReadFile(handle, buffer, size, overlapped)
+        return True
+
+    port.start(operation, handle, issue)
+    return operation
+
+
+def start_write(port: CompletionPort, handle: int, data: bytes | bytearray | memoryview,
+                tag: Any = None, offset: int = 0) -> WriteOperation:
+    """Start writing ``data`` (copied: the caller may reuse its buffer at once) to ``handle``.
+
+    A pipe may complete a write with fewer bytes than asked only if it was closed; the
+    completed operation's ``information`` says how many were written.
+    """
+    payload = bytes(data)
+    if not payload or len(payload) > 0xFFFFFFFF:
+        raise ValueError(f"write size must be between 1 and 2**32-1 bytes, not {len(payload)}")
+    buffer = ctypes.create_string_buffer(payload, len(payload))
+    operation = WriteOperation(tag, buffer)
+
+    def issue(overlapped: OVERLAPPED) -> bool:
+        _set_offset(overlapped, offset)
+        nt.WriteFile(handle, buffer, len(payload), overlapped)
+        return True
+
+    port.start(operation, handle, issue)
+    return operation

@@ -1,0 +1,19 @@
+"""ntdll: hand-written ctypes bindings to the NT native API (and a few Win32 calls).
+
+The lowest layer of ntafd: NT structures with Windows x64 layouts, NTSTATUS codes and
+:class:`NtStatusError`, and typed wrappers that call and check. It imports on every platform;
+calling a function off Windows raises :class:`NotOnWindowsError`.
+"""
+
+from . import functions, status, structures
+from .libraries import NotOnWindowsError
+from .status import NtStatusError, status_name
+
+__all__ = [
+    "NotOnWindowsError",
+    "NtStatusError",
+    "functions",
+    "status",
+    "status_name",
+    "structures",
+]
