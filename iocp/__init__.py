@@ -10,9 +10,10 @@ from .file_io import ReadOperation, WriteOperation, start_read, start_write
 from .handle import Handle
 from .operation import Operation, OperationBusyError, OperationState
 from .pipes import create_pipe
-from .port import Completion, CompletionPort, PortClosedError
+from .port import WAKEUP_KEY, Completion, CompletionPort, PortClosedError
 
 __all__ = [
+    "WAKEUP_KEY",
     "Completion",
     "CompletionPort",
     "Handle",

@@ -17,10 +17,13 @@ from ntdll.structures import FILE_IO_COMPLETION_INFORMATION, OVERLAPPED
 
 from .operation import Operation
 
-__all__ = ["Completion", "CompletionPort", "PortClosedError"]
+__all__ = ["WAKEUP_KEY", "Completion", "CompletionPort", "PortClosedError"]
 
 DEFAULT_BATCH = 128
 """Entries dequeued per call by default."""
+
+WAKEUP_KEY = 0xFFFF_FFFF_FFFF_FFFF
+"""The completion key :meth:`CompletionPort.wakeup` posts with; associate no handle with it."""
 
 CLOSE_DRAIN_SECONDS = 2.0
 """How long :meth:`CompletionPort.close` waits for cancelled requests to complete."""
@@ -112,6 +115,13 @@ class CompletionPort:
             return True
 
         self.start(operation, 0, issue)
+
+    def wakeup(self) -> None:
+        """Wake a thread blocked in :meth:`dequeue`: posts a packet with :data:`WAKEUP_KEY`.
+
+        Safe from any thread.
+        """
+        nt.NtSetIoCompletion(self.handle, WAKEUP_KEY, 0, ntstatus.STATUS_SUCCESS, 0)
 
     # -- issuing --------------------------------------------------------------------------
     def start(self, operation: Operation, handle: int,

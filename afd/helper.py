@@ -1,0 +1,107 @@
+"""AFD helper handles: a handle to ``\\Device\\Afd`` on which polls for *other* sockets are issued.
+
+Polls must be issued on a handle associated with the completion port. Associating every socket
+would tie each to the port for life (and a socket can be associated only once), so — as wepoll,
+mio and trio do — polls are issued on a private handle to the AFD device, opened with
+``NtCreateFile``, associated with the port once; the poll's ``AFD_POLL_INFO`` names the sockets'
+base handles. The completion arrives on the helper's port with the poll's ``ApcContext``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from iocp import CompletionPort, Handle, Operation
+from ntdll import functions as nt
+
+from .flags import IOCTL_AFD_POLL
+from .structures import NO_TIMEOUT, PollEntry, build_poll_info, read_poll_info
+
+__all__ = ["AfdHelperHandle", "AfdPollOperation", "open_afd_device"]
+
+SYNCHRONIZE = 0x00100000
+FILE_SHARE_READ = 0x00000001
+FILE_SHARE_WRITE = 0x00000002
+FILE_OPEN = 0x00000001
+FILE_SKIP_SET_EVENT_ON_HANDLE = 0x2
+
+_serial = itertools.count()
+
+
+def open_afd_device(name: str | None = None) -> Handle:
+    """Open ``\\Device\\Afd\\<name>`` (the name after ``Afd\\`` is free-form: only the device
+    matters) with ``SYNCHRONIZE`` access, for asynchronous I/O."""
+    path = "\\Device\\Afd\\" + (name or f"ntafd-{os.getpid()}-{next(_serial)}")
+    value = nt.NtCreateFile(path, SYNCHRONIZE, FILE_SHARE_READ | FILE_SHARE_WRITE, FILE_OPEN)
+    return Handle(value, f"AFD helper {path}")
+
+
+class AfdPollOperation(Operation):
+    """One ``IOCTL_AFD_POLL`` request; ``results`` are the entries the kernel reported."""
+
+    __slots__ = ()
+
+    @property
+    def results(self) -> list[PollEntry]:
+        """The sockets that fired, with their events (empty if cancelled or timed out)."""
+        buffer = self.buffer
+        if self.status is None or buffer is None or not isinstance(buffer, ctypes.Structure):
+            return []
+        if not self.succeeded:
+            return []
+        return read_poll_info(buffer)
+
+
+class AfdHelperHandle:
+    """An AFD device handle associated with ``port`` under ``key``, for issuing polls."""
+
+    def __init__(self, port: CompletionPort, key: int = 0, name: str | None = None) -> None:
+        self.port = port
+        self.key = key
+        self._handle = open_afd_device(name)
+        try:
+            port.associate(self._handle.value, key)
+            # The handle is never waited on, so the kernel need not signal it on completion.
+            nt.SetFileCompletionNotificationModes(self._handle.value,
+                                                  FILE_SKIP_SET_EVENT_ON_HANDLE)
+        except BaseException:
+            self._handle.close()
+            raise
+
+    @property
+    def handle(self) -> int:
+        return self._handle.value
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def poll(self, entries: Iterable[tuple[int, int]], tag: Any = None,
+             timeout: int = NO_TIMEOUT, exclusive: bool = False) -> AfdPollOperation:
+        """Issue one poll for ``(base_handle, events)`` entries; the completion arrives on
+        the port when any of them fires (or on cancel / timeout / a socket closing)."""
+        info = build_poll_info(entries, timeout, exclusive)
+        operation = AfdPollOperation(tag, info)
+        self.port.device_io_control(self.handle, IOCTL_AFD_POLL, info, operation)
+        return operation
+
+    def cancel(self, operation: AfdPollOperation) -> bool:
+        """Cancel a pending poll (it completes with ``STATUS_CANCELLED``); see
+        :meth:`CompletionPort.cancel`."""
+        return self.port.cancel(operation)
+
+    def close(self) -> None:
+        """Close the handle: the kernel cancels any polls still pending on it."""
+        self._handle.close()
+
+    def __enter__(self) -> AfdHelperHandle:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
