@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from ntdll import functions as nt
 
@@ -28,6 +28,8 @@ SIO_BASE_HANDLE = 0x48000022
 SIO_BSP_HANDLE_SELECT = 0x4800001C
 SIO_BSP_HANDLE_POLL = 0x4800001D
 WSAENOTSOCK = 10038
+SOL_SOCKET = 0xFFFF
+SO_TYPE = 0x1008
 
 _LOOKUPS = (
     ("SIO_BASE_HANDLE", SIO_BASE_HANDLE),
@@ -61,6 +63,14 @@ def base_socket_handle(sock: SocketLike | int) -> int:
     works (for a non-socket, ``winerror`` is ``WSAENOTSOCK``, 10038).
     """
     handle = socket_handle(sock)
+    # Wine 8.0 answers SIO_BASE_HANDLE for any handle, socket or not, with the handle itself;
+    # a socket call that needs a real socket (Windows fails SIO_BASE_HANDLE alike) tells first.
+    try:
+        nt.getsockopt_int(handle, SOL_SOCKET, SO_TYPE)
+    except OSError as error:
+        winerror = getattr(error, "winerror", None) or 0
+        _raise(handle, "is not a socket" if winerror == WSAENOTSOCK else "is not a usable socket",
+               [f"getsockopt(SO_TYPE): Win32 error {winerror}"], winerror)
     failures: list[str] = []
     first_error = 0
     for name, code in _LOOKUPS:
@@ -78,7 +88,11 @@ def base_socket_handle(sock: SocketLike | int) -> int:
             return base.value
         failures.append(f"{name}: returned NULL")
     what = "is not a socket" if first_error == WSAENOTSOCK else "has no base socket handle"
+    _raise(handle, what, failures, first_error)
+
+
+def _raise(handle: int, what: str, failures: list[str], winerror: int) -> NoReturn:
     text = f"handle 0x{handle:x} {what} ({'; '.join(failures)})"
-    if sys.platform == "win32" and first_error:
-        raise NotASocketError(None, text, None, first_error)
+    if sys.platform == "win32" and winerror:
+        raise NotASocketError(None, text, None, winerror)
     raise NotASocketError(text)

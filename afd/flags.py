@@ -7,7 +7,8 @@ import enum
 __all__ = ["IOCTL_AFD_POLL", "AfdPollEvents"]
 
 IOCTL_AFD_POLL = 0x00012024
-"""``_AFD_CONTROL_CODE(AFD_POLL = 9, METHOD_BUFFERED)``: FILE_DEVICE_NETWORK (0x12) << 12 | 9 << 2."""
+"""``_AFD_CONTROL_CODE(AFD_POLL = 9, METHOD_BUFFERED)``:
+``FILE_DEVICE_NETWORK (0x12) << 12 | 9 << 2``."""
 
 
 class AfdPollEvents(enum.IntFlag):

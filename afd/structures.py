@@ -25,14 +25,14 @@ NO_TIMEOUT = 0x7FFFFFFFFFFFFFFF
 """``AFD_POLL_INFO.Timeout`` for "never time out" (the largest LARGE_INTEGER)."""
 
 
-class AFD_POLL_HANDLE_INFO(ctypes.Structure):  # noqa: N801 - NT name
+class AFD_POLL_HANDLE_INFO(ctypes.Structure):
     """One polled socket (16 bytes): its base handle, the events asked for / reported, and
     the per-handle status."""
 
     _fields_ = [("Handle", HANDLE), ("Events", ctypes.c_uint32), ("Status", NTSTATUS)]
 
 
-class AFD_POLL_INFO(ctypes.Structure):  # noqa: N801 - NT name
+class AFD_POLL_INFO(ctypes.Structure):
     """``AFD_POLL_INFO`` with one handle (32 bytes). See :func:`poll_info_type` for N."""
 
     _fields_ = [
@@ -79,7 +79,7 @@ def build_poll_info(entries: Sequence[tuple[int, int]] | Iterable[tuple[int, int
     info.Timeout = timeout
     info.NumberOfHandles = len(items)
     info.Exclusive = int(exclusive)
-    for slot, (handle, events) in zip(info.Handles, items):
+    for slot, (handle, events) in zip(info.Handles, items, strict=True):
         if not handle:
             raise ValueError("an AFD poll entry needs a non-NULL base socket handle")
         slot.Handle = handle

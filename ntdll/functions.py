@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import status as _status
 from .libraries import prototype
@@ -49,11 +49,16 @@ __all__ = [
     "WSAIoctl",
     "WaitForSingleObject",
     "WriteFile",
+    "getsockopt_int",
     "win32_error",
 ]
 
-Buffer = ctypes.Structure | ctypes.Array[Any]
-"""A ctypes object whose memory is passed to the kernel."""
+if TYPE_CHECKING:
+    Buffer: TypeAlias = (ctypes.Structure | ctypes.Union | ctypes.Array[Any]
+                         | ctypes._SimpleCData[Any])
+    """A ctypes object whose memory is passed to the kernel."""
+else:
+    Buffer = object
 
 _c_uint32 = ctypes.c_uint32
 _c_int32 = ctypes.c_int32
@@ -139,6 +144,10 @@ _WSAIoctl = prototype(
      _c_void_p, _c_void_p],
 )
 _WSAGetLastError = prototype("ws2_32", "WSAGetLastError", _c_int32, [])
+_getsockopt = prototype(
+    "ws2_32", "getsockopt", _c_int32,
+    [ctypes.c_size_t, _c_int32, _c_int32, _c_void_p, _P(_c_int32)],
+)
 
 
 # -- checking ---------------------------------------------------------------------------------
@@ -155,16 +164,23 @@ def _handle_value(handle: int | None) -> int:
 
 def win32_error(function: str, code: int) -> OSError:
     """An ``OSError`` for a failed Win32 call: ``winerror`` set, the function named."""
-    message = ctypes.FormatError(code).strip() if sys.platform == "win32" else ""
-    text = f"{function} failed: Win32 error {code}" + (f" ({message})" if message else "")
+    text = f"{function} failed: Win32 error {code}"
     if sys.platform == "win32":
+        message = ctypes.FormatError(code).strip()
+        if message:
+            text += f" ({message})"
         return OSError(None, text, None, code)
     return OSError(text)
 
 
+def _get_last_error() -> int:
+    if sys.platform == "win32":
+        return ctypes.get_last_error()
+    return 0
+
+
 def _last_error(function: str) -> OSError:
-    code = ctypes.get_last_error() if sys.platform == "win32" else 0
-    return win32_error(function, code)
+    return win32_error(function, _get_last_error())
 
 
 # -- ntdll ------------------------------------------------------------------------------------
@@ -342,7 +358,7 @@ def _overlapped_transfer(function: Any, name: str, handle: int, buffer: Buffer, 
         raise ValueError(f"{name}: size {size} exceeds the buffer's {ctypes.sizeof(buffer)}")
     if function(handle, ctypes.byref(buffer), size, None, ctypes.byref(overlapped)):
         return 0
-    code = ctypes.get_last_error() if sys.platform == "win32" else 0
+    code = _get_last_error()
     if code in (ERROR_IO_PENDING, ERROR_MORE_DATA):
         return code
     raise win32_error(name, code)
@@ -413,6 +429,15 @@ def WSAIoctl(socket: int, control_code: int, in_buffer: Buffer | None,
     if result != 0:
         raise win32_error("WSAIoctl", _WSAGetLastError())
     return returned.value
+
+
+def getsockopt_int(socket: int, level: int, option: int) -> int:
+    """An integer socket option of a raw socket handle (``WSAENOTSOCK`` for a non-socket)."""
+    value = _c_int32(0)
+    size = _c_int32(ctypes.sizeof(value))
+    if _getsockopt(socket, level, option, ctypes.byref(value), ctypes.byref(size)) != 0:
+        raise win32_error("getsockopt", _WSAGetLastError())
+    return value.value
 
 
 if sys.platform == "win32":

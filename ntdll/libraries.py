@@ -15,7 +15,7 @@ from typing import Any, Protocol
 __all__ = ["NotOnWindowsError", "Prototype", "prototype"]
 
 
-class NotOnWindowsError(OSError):
+class NotOnWindowsError(NotImplementedError):
     """An NT or Win32 function was called on a platform that has none."""
 
 
@@ -49,7 +49,8 @@ def _library(name: str) -> Any:
             # other Python code can overwrite it before we read it.
             _loaded[name] = ctypes.WinDLL(name, use_last_error=True)
         else:  # pragma: no cover - guarded by the caller
-            raise NotOnWindowsError(name)
+            raise NotOnWindowsError(
+                f"{name} is a Windows library; this platform is {sys.platform!r}")
     return _loaded[name]
 
 

@@ -137,14 +137,16 @@ class NtStatusError(OSError):
         status = to_unsigned(status)
         win32_error = _dos_error_of(status) if _dos_error_of is not None else None
         parts = [f"{function} failed: " if function else "", _format_status(status)]
+        # Win32 codes are C longs; a status RtlNtStatusToDosError passes through may not fit.
+        fits = win32_error is not None and win32_error < 2**31
         if win32_error is not None:
             parts.append(f", Win32 error {win32_error}")
-            if _win32_message_of is not None:
+            if _win32_message_of is not None and fits:
                 message = _win32_message_of(win32_error).strip()
                 if message:
                     parts.append(f" ({message})")
         text = "".join(parts)
-        if sys.platform == "win32" and win32_error is not None:
+        if sys.platform == "win32" and fits:
             super().__init__(None, text, None, win32_error)
         else:
             super().__init__(text)

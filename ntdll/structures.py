@@ -36,7 +36,7 @@ class _IoStatusUnion(ctypes.Union):
     _fields_ = [("Status", NTSTATUS), ("Pointer", ctypes.c_void_p)]
 
 
-class IO_STATUS_BLOCK(ctypes.Structure):  # noqa: N801 - NT name
+class IO_STATUS_BLOCK(ctypes.Structure):
     """``IO_STATUS_BLOCK`` (16 bytes): the final status and the byte count of an I/O request.
 
     The kernel writes it when the request completes, which may be long after the call that
@@ -47,7 +47,7 @@ class IO_STATUS_BLOCK(ctypes.Structure):  # noqa: N801 - NT name
     _fields_ = [("_u", _IoStatusUnion), ("Information", ULONG_PTR)]
 
 
-class UNICODE_STRING(ctypes.Structure):  # noqa: N801 - NT name
+class UNICODE_STRING(ctypes.Structure):
     """``UNICODE_STRING`` (16 bytes): lengths are in bytes, without a terminating NUL."""
 
     _fields_ = [
@@ -57,7 +57,7 @@ class UNICODE_STRING(ctypes.Structure):  # noqa: N801 - NT name
     ]
 
 
-class OBJECT_ATTRIBUTES(ctypes.Structure):  # noqa: N801 - NT name
+class OBJECT_ATTRIBUTES(ctypes.Structure):
     """``OBJECT_ATTRIBUTES`` (48 bytes): names an object for the ``NtCreate*`` calls."""
 
     _fields_ = [
@@ -70,7 +70,7 @@ class OBJECT_ATTRIBUTES(ctypes.Structure):  # noqa: N801 - NT name
     ]
 
 
-class FILE_IO_COMPLETION_INFORMATION(ctypes.Structure):  # noqa: N801 - NT name
+class FILE_IO_COMPLETION_INFORMATION(ctypes.Structure):
     """One entry dequeued by ``NtRemoveIoCompletionEx`` (32 bytes).
 
     ``KeyContext`` is the key the handle was associated with (or the one posted), ``ApcContext``
