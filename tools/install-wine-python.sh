@@ -11,6 +11,7 @@ pydir="$root/python"
 site="$root/site-packages"
 dl="$root/downloads"
 hostpy=${HOST_PYTHON:-python3}
+[ -x "$here/.cache/venv/bin/python" ] && hostpy=${HOST_PYTHON:-$here/.cache/venv/bin/python}
 mkdir -p "$dl"
 
 if [ ! -f "$pydir/python.exe" ]; then
