@@ -8,13 +8,11 @@ timeout) returns the completion, whose ApcContext must be the one passed.
 
 from __future__ import annotations
 
-import socket
-import threading
-
 from afd import AfdHelperHandle, AfdPollEvents, base_socket_handle
 from iocp import CompletionPort
 from ntdll import status as ntstatus
 
+from .clients import connect_later, listening_socket
 from .report import Report, run_stage
 
 HELPER_KEY = 1
@@ -24,29 +22,15 @@ WAIT_LIMIT = 10.0
 
 def body(report: Report) -> None:
     with CompletionPort() as port, AfdHelperHandle(port, HELPER_KEY) as helper, \
-            socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        listener.setblocking(False)
+            listening_socket() as listener:
         base = base_socket_handle(listener)
         report.say(f"port 0x{port.handle:x}, AFD helper 0x{helper.handle:x}, listening on "
                    f"{listener.getsockname()} (base handle 0x{base:x})")
         poll = helper.poll([(base, AfdPollEvents.ACCEPT)], tag="accept")
         report.say(f"IOCTL_AFD_POLL issued: ApcContext = &iosb = 0x{poll.apc_context:x}")
         report.check(poll.pending, "the poll is pending (STATUS_PENDING)")
-        clients: list[socket.socket] = []
-
-        def connect() -> None:
-            clients.append(socket.create_connection(listener.getsockname(), timeout=WAIT_LIMIT))
-
-        timer = threading.Timer(CONNECT_DELAY, connect)
-        timer.start()
-        try:
+        with connect_later(listener.getsockname(), CONNECT_DELAY, WAIT_LIMIT):
             batch = port.dequeue(timeout=WAIT_LIMIT)
-        finally:
-            timer.join()
-            for client in clients:
-                client.close()
         report.require(len(batch) == 1, "NtRemoveIoCompletionEx returned one completion",
                        batch)
         completion = batch[0]

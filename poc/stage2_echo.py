@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from afd import AfdHelperHandle, AfdPollEvents, AfdPollOperation, base_socket_handle
 from iocp import CompletionPort
 
+from .clients import listening_socket
 from .report import Report, run_stage
 
 E = AfdPollEvents
@@ -58,10 +59,7 @@ class EchoServer:
         self.report = report
         self.port = CompletionPort()
         self.helper = AfdHelperHandle(self.port, HELPER_KEY)
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.setblocking(False)
+        self.listener = listening_socket()
         self.contexts: set[SocketContext] = set()
         self.finished_connections = 0
         self.polls_completed = 0
