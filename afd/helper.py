@@ -49,11 +49,10 @@ class AfdPollOperation(Operation):
     @property
     def results(self) -> list[PollEntry]:
         """The sockets that fired, with their events (empty if cancelled or timed out)."""
+        if not self.succeeded:  # pending, cancelled or failed: nothing was reported
+            return []
         buffer = self.buffer
-        if self.status is None or buffer is None or not isinstance(buffer, ctypes.Structure):
-            return []
-        if not self.succeeded:
-            return []
+        assert isinstance(buffer, ctypes.Structure)
         return read_poll_info(buffer)
 
 

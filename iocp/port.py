@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -243,11 +244,9 @@ class CompletionPort:
                 self.cancel(operation)
             except OSError:
                 pass  # its handle was closed: the request is being cancelled already
-        deadline = CLOSE_DRAIN_SECONDS
-        step = 0.05
-        while self._pending and deadline > 0:
-            self.dequeue(timeout=step)
-            deadline -= step
+        deadline = time.monotonic() + CLOSE_DRAIN_SECONDS
+        while self._pending and time.monotonic() < deadline:
+            self.dequeue(timeout=0.05)
         with self._lock:
             handle, self._handle = self._handle, None
             leftover = list(self._pending.values())
