@@ -1,0 +1,70 @@
+"""epoll-style readiness events and their mapping to and from AFD poll events."""
+
+from __future__ import annotations
+
+import enum
+
+from .flags import AfdPollEvents
+
+__all__ = ["PollEvents", "afd_events_for", "poll_events_from"]
+
+A = AfdPollEvents
+
+
+class PollEvents(enum.IntFlag):
+    """Readiness, with Linux epoll's values and meanings."""
+
+    IN = 0x0001
+    """Readable: data, a connection to accept, or end of stream."""
+    PRI = 0x0002
+    """Out-of-band data."""
+    OUT = 0x0004
+    """Writable."""
+    ERR = 0x0008
+    """An error is pending (a failed connect, a reset). Always reported."""
+    HUP = 0x0010
+    """The connection is gone both ways. Always reported."""
+    RDHUP = 0x2000
+    """The peer shut down its sending side."""
+
+
+_ALWAYS_WATCHED = A.ABORT | A.LOCAL_CLOSE | A.CONNECT_FAIL
+
+
+def afd_events_for(events: PollEvents | int) -> AfdPollEvents:
+    """The AFD events to ask for so that ``events`` can be reported.
+
+    Never ``AFD_POLL_CONNECT``: it is reported by every poll once connected (trio#52).
+    ``ABORT``, ``LOCAL_CLOSE`` and ``CONNECT_FAIL`` are always watched when anything is.
+    """
+    wanted = A(0)
+    if events & PollEvents.IN:
+        wanted |= A.RECEIVE | A.ACCEPT | A.DISCONNECT
+    if events & PollEvents.RDHUP:
+        wanted |= A.DISCONNECT
+    if events & PollEvents.PRI:
+        wanted |= A.RECEIVE_EXPEDITED
+    if events & PollEvents.OUT:
+        wanted |= A.SEND
+    return wanted | _ALWAYS_WATCHED if wanted else wanted
+
+
+def poll_events_from(reported: AfdPollEvents | int, interest: PollEvents | int) -> PollEvents:
+    """The readiness to report for AFD events ``reported`` on a socket registered for
+    ``interest``: as Linux reports it (a reset is readable, writable, ERR and HUP; a failed
+    connect readable, writable and ERR), limited to ``interest`` plus ERR and HUP."""
+    ready = PollEvents(0)
+    if reported & (A.RECEIVE | A.ACCEPT):
+        ready |= PollEvents.IN
+    if reported & A.RECEIVE_EXPEDITED:
+        ready |= PollEvents.PRI
+    if reported & A.SEND:
+        ready |= PollEvents.OUT
+    if reported & A.DISCONNECT:
+        ready |= PollEvents.IN | PollEvents.RDHUP
+    if reported & A.ABORT:
+        ready |= (PollEvents.IN | PollEvents.OUT | PollEvents.ERR | PollEvents.HUP
+                  | PollEvents.RDHUP)
+    if reported & A.CONNECT_FAIL:
+        ready |= PollEvents.IN | PollEvents.OUT | PollEvents.ERR
+    return ready & (PollEvents(interest) | PollEvents.ERR | PollEvents.HUP)

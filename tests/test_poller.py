@@ -1,0 +1,165 @@
+"""AfdPoller against the real driver (modelled on wepoll's and trio's Windows tests)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from afd import AfdPoller, PollerClosedError, PollEvents
+
+from .support import process_handle_count
+
+pytestmark = pytest.mark.windows
+P = PollEvents
+
+
+def test_readable_level_triggered(connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, second = connected_pair
+    with AfdPoller() as poller:
+        poller.register(first, P.IN, data="first")
+        assert poller.poll(timeout=0.1) == []
+        second.send(b"x")
+        assert poller.poll(timeout=5) == [("first", P.IN)]
+        assert poller.poll(timeout=5) == [("first", P.IN)]  # still readable: reported again
+        first.recv(10)
+        assert poller.poll(timeout=0.2) == []
+
+
+def test_oneshot_reports_once_until_modified(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, second = connected_pair
+    with AfdPoller() as poller:
+        poller.register(first, P.IN, data=1, oneshot=True)
+        second.send(b"x")
+        assert poller.poll(timeout=5) == [(1, P.IN)]
+        assert poller.poll(timeout=0.2) == []
+        poller.modify(first, P.IN, data=2)
+        assert poller.poll(timeout=5) == [(2, P.IN)]
+
+
+def test_writable_then_modify_to_readable(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, second = connected_pair
+    with AfdPoller() as poller:
+        poller.register(first, P.OUT, data="w")
+        assert poller.poll(timeout=5) == [("w", P.OUT)]
+        poller.modify(first, P.IN, data="r")
+        assert poller.poll(timeout=0.2) == []
+        second.send(b"y")
+        assert poller.poll(timeout=5) == [("r", P.IN)]
+
+
+def test_hang_up_is_readable(connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, second = connected_pair
+    with AfdPoller() as poller:
+        poller.register(first, P.IN | P.RDHUP, data="h")
+        second.shutdown(socket.SHUT_WR)
+        [(data, events)] = poller.poll(timeout=5)
+        assert data == "h" and events & P.IN
+        assert first.recv(1) == b""
+
+
+def test_closed_socket_is_dropped_without_error() -> None:
+    first, second = socket.socketpair()
+    with AfdPoller() as poller, second:
+        poller.register(first, P.IN, data="gone")
+        handle = first.fileno()
+        first.close()
+        assert poller.poll(timeout=0.5) == []
+        assert len(poller) == 0
+        with pytest.raises(FileNotFoundError):
+            poller.unregister(handle)
+
+
+def test_connect_failure_is_readable_writable_and_error() -> None:
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    address = free.getsockname()
+    free.close()  # nothing listens there now
+    with AfdPoller() as poller, socket.socket() as client:
+        client.setblocking(False)
+        try:
+            client.connect(address)
+        except (BlockingIOError, OSError):
+            pass
+        poller.register(client, P.IN | P.OUT, data="c")
+        [(data, events)] = poller.poll(timeout=10)
+        assert data == "c"
+        assert events & P.ERR and events & P.IN and events & P.OUT
+
+
+def test_wakeup_from_another_thread() -> None:
+    with AfdPoller() as poller:
+        timer = threading.Timer(0.2, poller.wakeup)
+        timer.start()
+        started = time.monotonic()
+        assert poller.poll(timeout=10) == []
+        timer.join()
+        assert time.monotonic() - started < 5
+
+
+def test_register_from_another_thread_while_polling(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, second = connected_pair
+    second.send(b"z")
+    with AfdPoller() as poller:
+        timer = threading.Timer(0.2, poller.register, args=(first, P.IN, "late"))
+        timer.start()
+        result = poller.poll(timeout=10)
+        timer.join()
+        assert result == [("late", P.IN)]
+
+
+def test_two_thousand_sockets_beyond_select_ceiling() -> None:
+    pairs = [socket.socketpair() for _ in range(1000)]
+    try:
+        with AfdPoller() as poller:
+            for index, (mine, theirs) in enumerate(pairs):
+                poller.register(mine, P.IN, data=("mine", index))
+                poller.register(theirs, P.IN, data=("theirs", index))
+            assert len(poller) == 2000
+            active = {7, 333, 999}
+            for index in active:
+                pairs[index][1].send(b"!")
+            seen: set[object] = set()
+            deadline = time.monotonic() + 20
+            while len(seen) < len(active) and time.monotonic() < deadline:
+                seen.update(data for data, _ in poller.poll(timeout=1))
+            assert seen == {("mine", index) for index in active}
+    finally:
+        for mine, theirs in pairs:
+            mine.close()
+            theirs.close()
+
+
+def test_errors_are_the_named_ones(connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, _ = connected_pair
+    poller = AfdPoller()
+    poller.register(first, P.IN)
+    with pytest.raises(FileExistsError):
+        poller.register(first, P.IN)
+    poller.unregister(first)
+    with pytest.raises(FileNotFoundError):
+        poller.modify(first, P.OUT)
+    poller.close()
+    with pytest.raises(PollerClosedError):
+        poller.register(first, P.IN)
+
+
+def test_register_unregister_cycles_leak_no_handle(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, _ = connected_pair
+    with AfdPoller() as poller:
+        for _ in range(20):
+            poller.register(first, P.IN)
+            poller.unregister(first)
+            poller.poll(timeout=0)
+        before = process_handle_count()
+        for _ in range(1000):
+            poller.register(first, P.IN)
+            poller.unregister(first)
+            poller.poll(timeout=0)
+        assert process_handle_count() - before <= 2
