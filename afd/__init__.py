@@ -12,6 +12,7 @@ from .events import PollEvents, afd_events_for, poll_events_from
 from .flags import IOCTL_AFD_POLL, AfdPollEvents
 from .helper import AfdHelperHandle, AfdPollOperation, open_afd_device
 from .poller import GROUP_SIZE, AfdPoller, PollerClosedError
+from .selector import AfdSelector
 from .structures import (
     AFD_POLL_HANDLE_INFO,
     AFD_POLL_INFO,
@@ -32,6 +33,7 @@ __all__ = [
     "AfdPollEvents",
     "AfdPollOperation",
     "AfdPoller",
+    "AfdSelector",
     "NotASocketError",
     "PollEntry",
     "PollEvents",
