@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from iocp import Handle
+from iocp import Handle, validate_timeout
 from ntdll import functions as nt
 from ntdll import status as ntstatus
 from ntdll.structures import IO_STATUS_BLOCK
@@ -37,8 +37,7 @@ def poll_with_event(device: int, entries: Iterable[tuple[int, int]],
     cancellation awaited, so no buffer is left to the kernel). Raises ``NtStatusError`` if the
     poll fails.
     """
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
+    validate_timeout(timeout)
     info = build_poll_info(entries)
     io_status = IO_STATUS_BLOCK()
     io_status.Status = ntstatus.STATUS_PENDING

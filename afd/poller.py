@@ -12,13 +12,12 @@ Level-triggered: after each completion the socket is re-armed before the next wa
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from iocp import WAKEUP_KEY, Completion, CompletionPort
+from iocp import WAKEUP_KEY, Completion, CompletionPort, validate_timeout
 from ntdll import NtStatusError
 
 from .base_handle import SocketLike, base_socket_handle, socket_handle
@@ -199,8 +198,7 @@ class AfdPoller:
         """Wait until a socket is ready, :meth:`wakeup` is called, or ``timeout`` seconds pass
         (``None``: forever; 0: do not wait). Returns ``(data, events)`` pairs, at most
         ``max_events``; ``[]`` on timeout or wake-up."""
-        if timeout is not None and (math.isnan(timeout) or timeout < 0):
-            raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+        validate_timeout(timeout)
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
         deadline = None if timeout is None else time.monotonic() + timeout

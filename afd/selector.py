@@ -8,7 +8,6 @@ file descriptor), ``get_map`` and the context manager.
 
 from __future__ import annotations
 
-import math
 import selectors
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -123,7 +122,7 @@ class AfdSelector(selectors.BaseSelector):
     def select(self, timeout: float | None = None
                ) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is not None:
-            timeout = 0.0 if timeout <= 0 else math.ceil(timeout * 1e3) * 1e-3
+            timeout = max(timeout, 0.0)  # selectors: a negative timeout polls
         max_events = max(len(self._keys), 1)
         ready: list[tuple[selectors.SelectorKey, int]] = []
         for key, events in self._poller.poll(timeout, max_events=max_events):

@@ -10,7 +10,7 @@ from .file_io import ReadOperation, WriteOperation, start_read, start_write
 from .handle import Handle
 from .operation import Operation, OperationBusyError, OperationState
 from .pipes import create_pipe
-from .port import WAKEUP_KEY, Completion, CompletionPort, PortClosedError
+from .port import WAKEUP_KEY, Completion, CompletionPort, PortClosedError, validate_timeout
 
 __all__ = [
     "WAKEUP_KEY",
@@ -26,4 +26,5 @@ __all__ = [
     "create_pipe",
     "start_read",
     "start_write",
+    "validate_timeout",
 ]

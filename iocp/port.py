@@ -18,7 +18,7 @@ from ntdll.structures import FILE_IO_COMPLETION_INFORMATION, OVERLAPPED
 
 from .operation import Operation
 
-__all__ = ["WAKEUP_KEY", "Completion", "CompletionPort", "PortClosedError"]
+__all__ = ["WAKEUP_KEY", "Completion", "CompletionPort", "PortClosedError", "validate_timeout"]
 
 DEFAULT_BATCH = 128
 """Entries dequeued per call by default."""
@@ -32,6 +32,12 @@ CLOSE_DRAIN_SECONDS = 2.0
 # Operations still pending when their port closed (the kernel did not complete them in time).
 # Their memory may yet be written by the kernel, so it is never freed.
 _orphaned: list[Operation] = []
+
+
+def validate_timeout(timeout: float | None) -> None:
+    """Refuse a timeout that is not ``None`` or a number of seconds ``>= 0`` (NaN included)."""
+    if timeout is not None and (math.isnan(timeout) or timeout < 0):
+        raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
 
 
 class PortClosedError(ValueError):
@@ -198,9 +204,8 @@ class CompletionPort:
         """
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        validate_timeout(timeout)
         if timeout is not None:
-            if math.isnan(timeout) or timeout < 0:
-                raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
             # Relative timeouts are negative, in 100-ns units; round up so a short wait
             # never becomes a poll.
             relative = -math.ceil(timeout * 10_000_000) if timeout else 0
