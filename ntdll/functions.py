@@ -28,10 +28,12 @@ from .structures import (
 )
 
 __all__ = [
+    "AssignProcessToJobObject",
     "CloseHandle",
     "CreateEventW",
     "CreateFileW",
     "CreateIoCompletionPort",
+    "CreateJobObjectW",
     "CreateNamedPipeW",
     "GetProcessHandleCount",
     "NtCancelIoFile",
@@ -41,11 +43,15 @@ __all__ = [
     "NtCreateIoCompletion",
     "NtDeviceIoControlFile",
     "NtRemoveIoCompletionEx",
+    "NtResumeProcess",
     "NtSetIoCompletion",
+    "OpenProcess",
     "ReadFile",
     "RtlNtStatusToDosError",
     "SetEvent",
     "SetFileCompletionNotificationModes",
+    "SetInformationJobObject",
+    "TerminateJobObject",
     "WSAIoctl",
     "WaitForSingleObject",
     "WriteFile",
@@ -104,6 +110,7 @@ _NtCancelIoFileEx = prototype(
 )
 _NtCancelIoFile = prototype("ntdll", "NtCancelIoFile", NTSTATUS, [HANDLE, _P(IO_STATUS_BLOCK)])
 _NtClose = prototype("ntdll", "NtClose", NTSTATUS, [HANDLE])
+_NtResumeProcess = prototype("ntdll", "NtResumeProcess", NTSTATUS, [HANDLE])
 _RtlNtStatusToDosError = prototype("ntdll", "RtlNtStatusToDosError", _c_uint32, [NTSTATUS])
 
 _CreateIoCompletionPort = prototype(
@@ -134,6 +141,17 @@ _CreateFileW = prototype(
     "kernel32", "CreateFileW", HANDLE,
     [ctypes.c_wchar_p, _c_uint32, _c_uint32, _c_void_p, _c_uint32, _c_uint32, HANDLE],
 )
+_CreateJobObjectW = prototype(
+    "kernel32", "CreateJobObjectW", HANDLE, [_c_void_p, ctypes.c_wchar_p],
+)
+_SetInformationJobObject = prototype(
+    "kernel32", "SetInformationJobObject", _c_int32, [HANDLE, _c_int32, _c_void_p, _c_uint32],
+)
+_AssignProcessToJobObject = prototype(
+    "kernel32", "AssignProcessToJobObject", _c_int32, [HANDLE, HANDLE],
+)
+_TerminateJobObject = prototype("kernel32", "TerminateJobObject", _c_int32, [HANDLE, _c_uint32])
+_OpenProcess = prototype("kernel32", "OpenProcess", HANDLE, [_c_uint32, _c_int32, _c_uint32])
 _CloseHandle = prototype("kernel32", "CloseHandle", _c_int32, [HANDLE])
 _GetProcessHandleCount = prototype(
     "kernel32", "GetProcessHandleCount", _c_int32, [HANDLE, _P(_c_uint32)],
@@ -308,6 +326,11 @@ def NtClose(handle: int) -> None:
     _check(_NtClose(handle), "NtClose")
 
 
+def NtResumeProcess(process: int) -> None:
+    """Resume every thread of ``process`` (a handle with ``PROCESS_SUSPEND_RESUME``)."""
+    _check(_NtResumeProcess(process), "NtResumeProcess")
+
+
 def RtlNtStatusToDosError(status: int) -> int:
     """The Win32 error code for an NTSTATUS (``ERROR_MR_MID_NOT_FOUND``, 317, if none)."""
     result: int = _RtlNtStatusToDosError(ctypes.c_int32(_status.to_unsigned(status)).value)
@@ -396,6 +419,50 @@ def CreateFileW(name: str, access: int, share_mode: int, creation_disposition: i
                           flags_and_attributes, None)
     if not result or result == INVALID_HANDLE_VALUE:
         raise _last_error("CreateFileW")
+    return int(result)
+
+
+JobObjectExtendedLimitInformation = 9
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
+PROCESS_TERMINATE = 0x0001
+PROCESS_SET_QUOTA = 0x0100
+PROCESS_SUSPEND_RESUME = 0x0800
+
+
+def CreateJobObjectW() -> int:
+    """Create an unnamed job object; returns its handle."""
+    result = _CreateJobObjectW(None, None)
+    if not result:
+        raise _last_error("CreateJobObjectW")
+    return int(result)
+
+
+def SetInformationJobObject(job: int, information_class: int, information: Buffer) -> None:
+    """Set one class of limits on ``job`` (e.g. ``JobObjectExtendedLimitInformation`` with a
+    :class:`~ntdll.structures.JOBOBJECT_EXTENDED_LIMIT_INFORMATION`)."""
+    if not _SetInformationJobObject(job, information_class, ctypes.byref(information),
+                                    ctypes.sizeof(information)):
+        raise _last_error("SetInformationJobObject")
+
+
+def AssignProcessToJobObject(job: int, process: int) -> None:
+    """Put ``process`` (with ``PROCESS_SET_QUOTA | PROCESS_TERMINATE``) in ``job``; the
+    processes it creates from then on are in the job too."""
+    if not _AssignProcessToJobObject(job, process):
+        raise _last_error("AssignProcessToJobObject")
+
+
+def TerminateJobObject(job: int, exit_code: int) -> None:
+    """Terminate every process in ``job`` with ``exit_code``."""
+    if not _TerminateJobObject(job, exit_code):
+        raise _last_error("TerminateJobObject")
+
+
+def OpenProcess(access: int, pid: int, inherit: bool = False) -> int:
+    """Open the process ``pid`` with ``access``; returns the handle."""
+    result = _OpenProcess(access, int(inherit), pid)
+    if not result:
+        raise _last_error("OpenProcess")
     return int(result)
 
 
