@@ -9,7 +9,11 @@ polled with ``waitid(WNOWAIT)``, which also leaves it unreaped.
 
 from __future__ import annotations
 
-import errno
+import sys
+
+if sys.platform == "win32":  # pragma: no cover - open_loop() refuses first
+    raise ImportError("execsession.posix_backend needs POSIX pipes; use the iocp backend")
+
 import os
 import selectors
 import signal
@@ -397,7 +401,3 @@ class _PosixChild(Child):
                 os.close(self._pidfd)
                 self._pidfd = None
 
-
-def _is_disconnect(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (
-        errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN)

@@ -42,10 +42,11 @@ class SessionResult:
     """How a session ended.
 
     ``reason``: ``exited`` (the normal end), ``client-disconnected``, ``exec-timeout``,
-    ``connect-timeout``, ``idle-timeout``, ``aborted`` (by :meth:`ExecSession.abort`) or
-    ``spawn-failed``. ``returncode``: the child's exit code (negative signal number on POSIX),
-    ``None`` if it never ran. ``pauses``: how often flow control stopped reading a source;
-    ``peak_buffered``: the most bytes held at once (never above ``max_buffered``).
+    ``connect-timeout``, ``idle-timeout``, ``aborted`` (by :meth:`ExecSession.abort`),
+    ``server-shutdown`` or ``spawn-failed``. ``returncode``: the child's exit code (negative
+    signal number on POSIX), ``None`` if it never ran. ``pauses``: how often flow control
+    stopped reading a source; ``peak_buffered``: the most bytes held at once (never above
+    ``max_buffered``: a read is only issued for the room left).
     """
 
     reason: str
@@ -252,9 +253,9 @@ class ExecSession:
             self._shut_wr = True
             client.shutdown_write()
 
-        total = self._total()
-        if total > self._peak:
-            self._peak = total
+        held = len(self._to_child) + len(self._to_client)
+        if held > self._peak:
+            self._peak = held
         if self._shut_wr and self._exited:
             if self._client_eof:
                 self.loop.call_soon(self._finish)
@@ -460,5 +461,6 @@ class ExecSession:
         log.info("session pid %s ended: %s, exit code %s, %d bytes in, %d out",
                  self.pid, self.result.reason, self._returncode, self._bytes_in,
                  self._bytes_out)
-        if self._on_done is not None:
-            self._on_done(self.result)
+        on_done, self._on_done = self._on_done, None  # often a closure over this session
+        if on_done is not None:
+            on_done(self.result)
