@@ -151,7 +151,7 @@ class Loop(ABC):
 
     # -- running -----------------------------------------------------------------------------
     def run(self, until: Callable[[], bool] | None = None, timeout: float | None = None) -> bool:
-        """Run until ``until()`` is true (checked after each iteration), :meth:`stop`, or
+        """Run until ``until()`` is true (checked before each iteration), :meth:`stop`, or
         ``timeout`` seconds. Returns whether ``until()`` became true (``False`` without one)."""
         if self._closed:
             raise RuntimeError("the loop is closed")
@@ -160,9 +160,9 @@ class Loop(ABC):
         self._thread = threading.get_ident()
         try:
             while True:
-                self._run_once(deadline)
                 if until is not None and until():
                     return True
+                self._run_once(deadline)
                 if self._stopping or (deadline is not None and self.time() >= deadline):
                     return False
         finally:
@@ -176,6 +176,8 @@ class Loop(ABC):
             wait = 0.0
         else:
             wait = None
+            while self._timers and self._timers[0][2].cancelled:
+                heapq.heappop(self._timers)  # a cancelled timer must not bound the wait
             if self._timers:
                 wait = max(0.0, self._timers[0][0] - self.time())
             if deadline is not None:
