@@ -113,6 +113,8 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
 
 def tree_cpu_seconds(pid: int) -> float | None:
     """utime + stime of ``pid`` and its reaped children (Linux ``/proc``)."""
+    if sys.platform == "win32":
+        return None
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()

@@ -6,7 +6,12 @@
   duplicates them as inheritable for ``CreateProcess`` only.
 * The socket: AFD polls issued on helper handles associated with the same port (one poll per
   socket at a time; a wider interest cancels and re-issues), then non-blocking ``recv``/``send``.
-  A read or write is tried at once first: when data is waiting that saves a poll.
+  A write is tried at once (it usually succeeds); a read is tried at once only after a read
+  that filled its buffer (more is probably waiting), else it waits for a poll: under Wine every
+  call is a wineserver round trip, and a ``recv`` that would block is one wasted.
+* The child's exit is polled (``WaitForSingleObject`` with no wait) only once its output ended
+  or it was killed: before that the session could not end anyway, and 200 idle sessions
+  polling would cost a round trip each per interval.
 * The process tree: the child is created suspended, put in a job object with
   ``KILL_ON_JOB_CLOSE``, then resumed, so every process it starts is in the job before it can
   start any; ``TerminateJobObject`` kills the tree, and closing the job kills what is left.
@@ -250,20 +255,26 @@ class _AfdSocketStream(Stream):
         self._cancelling = False
         self._read: tuple[int, ReadCallback] | None = None
         self._write: tuple[bytes, WriteCallback] | None = None
+        self._eager = False
 
     # -- requests ------------------------------------------------------------------------------
     def read(self, size: int, callback: ReadCallback) -> None:
         if self._closed:
             raise ValueError("read on a closed socket stream")
-        try:
-            data = self._sock.recv(size)
-        except BlockingIOError:
-            self._read = (size, callback)
-            self._arm()
-        except OSError as error:
-            self._loop.call_soon(self._deliver_read, callback, b"", error)
-        else:
-            self._loop.call_soon(self._deliver_read, callback, data, None)
+        if self._eager:  # the last read filled its buffer: more is probably waiting
+            try:
+                data = self._sock.recv(size)
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                self._loop.call_soon(self._deliver_read, callback, b"", error)
+                return
+            else:
+                self._eager = len(data) == size
+                self._loop.call_soon(self._deliver_read, callback, data, None)
+                return
+        self._read = (size, callback)
+        self._arm()
 
     def write(self, data: bytes, callback: WriteCallback) -> None:
         if self._closed:
@@ -333,6 +344,7 @@ class _AfdSocketStream(Stream):
                 read_cb(b"", error)
             else:
                 self._read = None
+                self._eager = len(data) == size
                 read_cb(data, None)
         if self._write is not None and not self._closed and (failed or events & _WRITE_EVENTS):
             data, write_cb = self._write
@@ -516,8 +528,7 @@ class _WindowsChild(Child):
         self._timer: Timer | None = None
 
     def watch_exit(self, callback: Callable[[int], None]) -> None:
-        self._on_exit = callback
-        self._schedule(POLL_MIN)
+        self._on_exit = callback  # polled from expect_exit() on: output ended, or killed
 
     def _schedule(self, delay: float) -> None:
         if self._timer is not None:

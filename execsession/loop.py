@@ -38,6 +38,7 @@ __all__ = [
 BACKEND_ENV = "NTAFD_EXEC_BACKEND"
 """Environment variable that overrides the backend choice (``iocp`` or ``selectors``)."""
 BACKENDS = ("iocp", "selectors")
+MAX_SKIPPED_WAITS = 16
 
 ReadCallback = Callable[[bytes, BaseException | None], None]
 """Called with the bytes read (``b""`` at end of data) or, on failure, ``b""`` and the error."""
@@ -126,6 +127,7 @@ class Loop(ABC):
         self._stopping = False
         self._closed = False
         self._thread: int | None = None
+        self._skipped_waits = 0
 
     # -- scheduling ----------------------------------------------------------------------------
     def time(self) -> float:
@@ -171,21 +173,14 @@ class Loop(ABC):
     def _run_once(self, deadline: float | None) -> None:
         while self._threadsafe:
             self._ready.append(self._threadsafe.popleft())
-        wait: float | None
-        if self._ready or self._stopping:
-            wait = 0.0
+        if self._ready and not self._stopping and self._skipped_waits < MAX_SKIPPED_WAITS:
+            # Callbacks are ready: run them before asking the kernel for more (under Wine even
+            # a zero-timeout wait is a wineserver round trip). I/O is still checked at least
+            # every MAX_SKIPPED_WAITS iterations, so it cannot starve.
+            self._skipped_waits += 1
         else:
-            wait = None
-            while self._timers and self._timers[0][2].cancelled:
-                heapq.heappop(self._timers)  # a cancelled timer must not bound the wait
-            if self._timers:
-                wait = max(0.0, self._timers[0][0] - self.time())
-            if deadline is not None:
-                remaining = max(0.0, deadline - self.time())
-                wait = remaining if wait is None else min(wait, remaining)
-            if self.MAX_WAIT is not None:
-                wait = self.MAX_WAIT if wait is None else min(wait, self.MAX_WAIT)
-        self._wait(wait)
+            self._skipped_waits = 0
+            self._wait(self._wait_time(deadline))
         now = self.time()
         timers = self._timers
         while timers and timers[0][0] <= now:
@@ -197,6 +192,21 @@ class Loop(ABC):
         for _ in range(len(self._ready)):
             callback, args = self._ready.popleft()
             callback(*args)
+
+    def _wait_time(self, deadline: float | None) -> float | None:
+        if self._ready or self._stopping:
+            return 0.0
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)  # a cancelled timer must not bound the wait
+        wait = None
+        if self._timers:
+            wait = max(0.0, self._timers[0][0] - self.time())
+        if deadline is not None:
+            remaining = max(0.0, deadline - self.time())
+            wait = remaining if wait is None else min(wait, remaining)
+        if self.MAX_WAIT is not None:
+            wait = self.MAX_WAIT if wait is None else min(wait, self.MAX_WAIT)
+        return wait
 
     # -- backend -----------------------------------------------------------------------------
     @abstractmethod
