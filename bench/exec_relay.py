@@ -91,8 +91,15 @@ def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 def start_server(argv: Sequence[str], port: int) -> subprocess.Popen[bytes]:
+    environment = None
+    if argv and "=" in argv[0]:  # leading NAME=VALUE words set the server's environment
+        environment = dict(os.environ)
+        while argv and "=" in argv[0]:
+            name, _, value = argv[0].partition("=")
+            environment[name] = value
+            argv = argv[1:]
     process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, cwd=ROOT)
+                               stderr=subprocess.DEVNULL, cwd=ROOT, env=environment)
     try:
         wait_ready(port, process)
     except BaseException:
@@ -112,9 +119,11 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
 
 
 def tree_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of ``pid`` and its reaped children (Linux ``/proc``)."""
+    """utime + stime of ``pid`` and its reaped children (Linux ``/proc``); on Windows the
+    process's own user + kernel time (``GetProcessTimes``; Windows keeps no children's total,
+    and under Wine the wineserver's share is not in it)."""
     if sys.platform == "win32":
-        return None
+        return _windows_cpu_seconds(pid)
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
@@ -122,6 +131,28 @@ def tree_cpu_seconds(pid: int) -> float | None:
         return None
     ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _windows_cpu_seconds(pid: int) -> float | None:
+    if sys.platform != "win32":
+        return None
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = ctypes.c_void_p
+    kernel32.OpenProcess.argtypes = [ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint32]
+    kernel32.GetProcessTimes.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4
+    kernel32.CloseHandle.argtypes = [ctypes.c_void_p]
+    handle = kernel32.OpenProcess(0x1000, 0, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return None
+    try:
+        times = [ctypes.c_uint64() for _ in range(4)]  # creation, exit, kernel, user (100 ns)
+        if not kernel32.GetProcessTimes(handle, *[ctypes.byref(t) for t in times]):
+            return None
+        return (times[2].value + times[3].value) / 1e7
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 # -- the measurements ----------------------------------------------------------------------------
@@ -372,9 +403,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ON_WINDOWS:
         cat = [python, "-S", "-u", "-c", ECHO_CODE]
         light = ["find.exe", "o"]  # Wine's find passes lines containing "o": a cheap echo
+        overlapped = "NTAFD_EXEC_SOCKET_IO=overlapped"
         runs = [
-            ("ntafd-exec (iocp)", lambda port: [*ours, str(port), "-e", *cat],
+            ("ntafd-exec (iocp, AFD)", lambda port: [*ours, str(port), "-e", *cat],
              lambda port: [*ours, str(port), "-e", *light]),
+            ("ntafd-exec (iocp, WSARecv)",
+             lambda port: [overlapped, *ours, str(port), "-e", *cat],
+             lambda port: [overlapped, *ours, str(port), "-e", *light]),
             ("asyncio Proactor relay",
              lambda port: [python, __file__, "--asyncio-server", str(port), "--", *cat],
              lambda port: [python, __file__, "--asyncio-server", str(port), "--", *light]),

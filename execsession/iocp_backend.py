@@ -49,7 +49,7 @@ from iocp import (
 )
 from ntdll import NtStatusError
 from ntdll import functions as nt
-from ntdll.structures import JOBOBJECT_EXTENDED_LIMIT_INFORMATION
+from ntdll.structures import JOBOBJECT_EXTENDED_LIMIT_INFORMATION, OVERLAPPED
 
 from .config import StderrMode
 from .loop import Child, Loop, ReadCallback, Stream, Timer, WriteCallback
@@ -58,6 +58,12 @@ __all__ = ["IocpLoop"]
 
 PIPE_KEY = 1
 HELPER_KEY = 2
+SOCKET_KEY = 3
+SOCKET_IO_ENV = "NTAFD_EXEC_SOCKET_IO"
+SOCKET_IO = ("afd", "overlapped")
+DEFAULT_SOCKET_IO = "afd"
+"""How the IOCP backend does socket I/O: AFD polls + non-blocking calls, or overlapped
+``WSARecv``/``WSASend`` (see ACTIVE_KB.md for the measurements behind the default)."""
 GROUP_SIZE = 32
 """Sockets per AFD helper handle (as ``afd.AfdPoller``: the cost of a cancel grows with the
 polls pending on one handle)."""
@@ -85,8 +91,13 @@ class IocpLoop(Loop):
     backend = "iocp"
     MAX_WAIT = 0.5  # Python runs signal handlers (Ctrl-C) only between waits
 
-    def __init__(self) -> None:
+    def __init__(self, socket_io: str | None = None) -> None:
         super().__init__()
+        socket_io = socket_io or os.environ.get(SOCKET_IO_ENV, "") or DEFAULT_SOCKET_IO
+        if socket_io not in SOCKET_IO:
+            raise ValueError(f"socket_io={socket_io!r} (or ${SOCKET_IO_ENV}): expected one of "
+                             f"{', '.join(SOCKET_IO)}")
+        self.socket_io = socket_io
         self.port = CompletionPort()
         self._slots: list[_HelperSlot] = []
         self._acceptors: dict[int, _AfdAcceptor] = {}
@@ -117,6 +128,8 @@ class IocpLoop(Loop):
 
     # -- factories -----------------------------------------------------------------------------
     def socket_stream(self, sock: socket.socket) -> Stream:
+        if self.socket_io == "overlapped":
+            return _OverlappedSocketStream(self, sock)
         return _AfdSocketStream(self, sock)
 
     def spawn(self, command: Sequence[str] | str, *, shell: bool, stderr: StderrMode,
@@ -385,6 +398,111 @@ class _AfdSocketStream(Stream):
             except OSError:
                 pass
         self._slot.members -= 1
+
+
+class _OverlappedSocketStream(Stream):
+    """A socket associated with the port, read and written with overlapped ``WSARecv`` /
+    ``WSASend``: the completion carries the bytes, no readiness step. The socket stays
+    associated with the port until it is closed (a handle is associated once, for life)."""
+
+    def __init__(self, loop: IocpLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._handle = sock.fileno()
+        loop.port.associate(self._handle, SOCKET_KEY)
+        self._closed = False
+        self._read_op = ReadOperation(self, ctypes.create_string_buffer(READ_MAX))
+        self._read_cb: ReadCallback | None = None
+        self._write_op: WriteOperation | None = None
+        self._write_cb: WriteCallback | None = None
+
+    def read(self, size: int, callback: ReadCallback) -> None:
+        if self._closed:
+            raise ValueError("read on a closed socket stream")
+        size = min(size, READ_MAX)
+        operation = self._read_op
+        buffer = operation.buffer  # raises OperationBusyError if a read is still pending
+        assert buffer is not None
+        self._read_cb = callback
+
+        def issue(overlapped: OVERLAPPED) -> bool:
+            nt.WSARecv(self._handle, buffer, size, overlapped)
+            return True
+
+        try:
+            self._loop.port.start(operation, self._handle, issue)
+        except OSError as error:
+            self._read_cb = None
+            self._loop.call_soon(self._deliver_read, callback, b"", error)
+
+    def write(self, data: bytes, callback: WriteCallback) -> None:
+        if self._closed:
+            raise ValueError("write on a closed socket stream")
+        buffer = ctypes.create_string_buffer(data, len(data))
+        operation = WriteOperation(self, buffer)
+        self._write_cb = callback
+
+        def issue(overlapped: OVERLAPPED) -> bool:
+            nt.WSASend(self._handle, buffer, len(data), overlapped)
+            return True
+
+        try:
+            self._loop.port.start(operation, self._handle, issue)
+            self._write_op = operation
+        except OSError as error:
+            self._write_cb = None
+            self._loop.call_soon(self._deliver_write, callback, 0, error)
+
+    def _deliver_read(self, callback: ReadCallback, data: bytes,
+                      error: BaseException | None) -> None:
+        if not self._closed:
+            callback(data, error)
+
+    def _deliver_write(self, callback: WriteCallback, count: int,
+                       error: BaseException | None) -> None:
+        if not self._closed:
+            callback(count, error)
+
+    def completed(self, operation: Operation) -> None:
+        if self._closed:
+            return
+        failure = None
+        if not operation.succeeded:
+            failure = ConnectionResetError(
+                f"socket I/O failed: {NtStatusError(operation.status or 0, 'WSARecv')}")
+        if isinstance(operation, ReadOperation):
+            read_cb, self._read_cb = self._read_cb, None
+            if read_cb is not None:
+                if failure is not None:
+                    read_cb(b"", failure)
+                else:
+                    read_cb(operation.data, None)
+        else:
+            write_cb, self._write_cb = self._write_cb, None
+            self._write_op = None
+            if write_cb is not None:
+                if failure is not None:
+                    write_cb(0, failure)
+                else:
+                    write_cb(operation.information, None)
+
+    def shutdown_write(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._read_cb = self._write_cb = None
+        for operation in (self._read_op, self._write_op):
+            if operation is not None and operation.pending:
+                try:
+                    self._loop.port.cancel(operation)
+                except OSError:
+                    pass
 
 
 class _AfdAcceptor:

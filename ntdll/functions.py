@@ -25,6 +25,7 @@ from .structures import (
     OVERLAPPED,
     ULONG_PTR,
     UNICODE_STRING,
+    WSABUF,
 )
 
 __all__ = [
@@ -53,6 +54,8 @@ __all__ = [
     "SetInformationJobObject",
     "TerminateJobObject",
     "WSAIoctl",
+    "WSARecv",
+    "WSASend",
     "WaitForSingleObject",
     "WriteFile",
     "getsockopt_int",
@@ -162,6 +165,16 @@ _WSAIoctl = prototype(
      _c_void_p, _c_void_p],
 )
 _WSAGetLastError = prototype("ws2_32", "WSAGetLastError", _c_int32, [])
+_WSARecv = prototype(
+    "ws2_32", "WSARecv", _c_int32,
+    [ctypes.c_size_t, _P(WSABUF), _c_uint32, _P(_c_uint32), _P(_c_uint32), _P(OVERLAPPED),
+     _c_void_p],
+)
+_WSASend = prototype(
+    "ws2_32", "WSASend", _c_int32,
+    [ctypes.c_size_t, _P(WSABUF), _c_uint32, _P(_c_uint32), _c_uint32, _P(OVERLAPPED),
+     _c_void_p],
+)
 _getsockopt = prototype(
     "ws2_32", "getsockopt", _c_int32,
     [ctypes.c_size_t, _c_int32, _c_int32, _c_void_p, _P(_c_int32)],
@@ -496,6 +509,45 @@ def WSAIoctl(socket: int, control_code: int, in_buffer: Buffer | None,
     if result != 0:
         raise win32_error("WSAIoctl", _WSAGetLastError())
     return returned.value
+
+
+WSA_IO_PENDING = 997
+
+
+def _wsabuf(buffer: Buffer, size: int, function: str) -> WSABUF:
+    if size > ctypes.sizeof(buffer):
+        raise ValueError(f"{function}: size {size} exceeds the buffer's {ctypes.sizeof(buffer)}")
+    return WSABUF(size, ctypes.addressof(buffer))
+
+
+def WSARecv(socket: int, buffer: Buffer, size: int, overlapped: OVERLAPPED) -> int:
+    """Start an overlapped receive of up to ``size`` bytes into ``buffer``.
+
+    Returns 0 (completed at once) or ``WSA_IO_PENDING``; either way a completion is queued on
+    the port the socket is associated with, and ``buffer`` and ``overlapped`` must live until
+    it is dequeued. Any other failure raises ``OSError`` (``winerror`` = the WSA error) and
+    queues nothing.
+    """
+    wsabuf = _wsabuf(buffer, size, "WSARecv")
+    flags = _c_uint32(0)
+    if _WSARecv(socket, ctypes.byref(wsabuf), 1, None, ctypes.byref(flags),
+                ctypes.byref(overlapped), None) == 0:
+        return 0
+    code: int = _WSAGetLastError()
+    if code == WSA_IO_PENDING:
+        return code
+    raise win32_error("WSARecv", code)
+
+
+def WSASend(socket: int, buffer: Buffer, size: int, overlapped: OVERLAPPED) -> int:
+    """Start an overlapped send of ``size`` bytes from ``buffer``; as :func:`WSARecv`."""
+    wsabuf = _wsabuf(buffer, size, "WSASend")
+    if _WSASend(socket, ctypes.byref(wsabuf), 1, None, 0, ctypes.byref(overlapped), None) == 0:
+        return 0
+    code: int = _WSAGetLastError()
+    if code == WSA_IO_PENDING:
+        return code
+    raise win32_error("WSASend", code)
 
 
 def getsockopt_int(socket: int, level: int, option: int) -> int:

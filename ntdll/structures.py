@@ -23,6 +23,7 @@ __all__ = [
     "OVERLAPPED",
     "ULONG_PTR",
     "UNICODE_STRING",
+    "WSABUF",
 ]
 
 if ctypes.sizeof(ctypes.c_void_p) != 8:  # pragma: no cover - 32-bit interpreters
@@ -149,3 +150,9 @@ class JOBOBJECT_EXTENDED_LIMIT_INFORMATION(ctypes.Structure):
         ("PeakProcessMemoryUsed", ctypes.c_size_t),
         ("PeakJobMemoryUsed", ctypes.c_size_t),
     ]
+
+
+class WSABUF(ctypes.Structure):
+    """``WSABUF`` (16 bytes): ``len`` (ULONG) then, after padding, ``buf`` (a pointer)."""
+
+    _fields_ = [("len", ctypes.c_uint32), ("buf", ctypes.c_void_p)]
