@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from execsession import ExecServer, SessionResult, open_loop
+from execsession import ExecServer, Loop, SessionResult, open_loop
 
 ON_WINDOWS = sys.platform == "win32"
 BACKEND = "iocp" if ON_WINDOWS else "selectors"
@@ -55,10 +55,10 @@ class ServerThread:
     """An :class:`ExecServer` on its own loop, run by a background thread."""
 
     def __init__(self, command: Sequence[str] | str, *, shell: bool = False,
-                 keep_open: bool = True, **kwargs: Any) -> None:
+                 keep_open: bool = True, loop: Loop | None = None, **kwargs: Any) -> None:
         self.results: list[SessionResult] = []
         self.peak_sessions = 0
-        self.loop = open_loop(BACKEND)
+        self.loop = loop if loop is not None else open_loop(BACKEND)
         self.server = ExecServer(self.loop, ("127.0.0.1", 0), command, shell=shell,
                                  keep_open=keep_open, on_session_done=self.results.append,
                                  **kwargs)
