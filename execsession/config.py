@@ -45,12 +45,13 @@ class ExecSessionConfig:
     direction stuck full can never starve the other.
 
     Flow control with hysteresis: a source (the socket, the child's stdout) stops being read
-    when its buffer reaches ``pause_threshold`` x its size, or the total reaches
-    ``pause_threshold`` x ``max_buffered``; it is read again once its buffer is at or below
-    ``resume_threshold`` x its size and the total at or below ``resume_threshold`` x
-    ``max_buffered`` (or its own buffer is empty). With the defaults a slow reader pauses
-    stdout at 48 KiB and resumes it at 16 KiB; a busy duplex session pauses at 72 KiB in all.
-    Pauses are counted in the session's result.
+    when the bytes waiting in its buffer reach ``pause_threshold`` x its size, or those of all
+    buffers reach ``pause_threshold`` x ``max_buffered``; it is read again once its waiting
+    bytes are at or below ``resume_threshold`` x its size and the total at or below
+    ``resume_threshold`` x ``max_buffered`` (or its own buffer is empty). Waiting bytes
+    exclude those of a write in progress (at most half a buffer), so reading overlaps writing.
+    With the defaults a slow reader pauses stdout at 48 KiB waiting and resumes it at 16 KiB;
+    a busy duplex session pauses at 72 KiB in all. Pauses are counted in the result.
 
     Timeouts in seconds, 0 = off: ``exec_timeout`` from the start, ``connect_timeout`` until the
     first byte relayed in either direction, ``idle_timeout`` since the last one. When one

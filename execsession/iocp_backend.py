@@ -67,7 +67,7 @@ DEFAULT_SOCKET_IO = "afd"
 GROUP_SIZE = 32
 """Sockets per AFD helper handle (as ``afd.AfdPoller``: the cost of a cancel grows with the
 polls pending on one handle)."""
-READ_MAX = 64 * 1024
+READ_MAX = 256 * 1024
 DEQUEUE_BATCH = 256
 POLL_MIN = 0.002
 POLL_MAX = 0.1
@@ -89,6 +89,7 @@ class IocpLoop(Loop):
     """:class:`Loop` on one I/O completion port (pipes, AFD polls, wake-ups)."""
 
     backend = "iocp"
+    WRITES_COMPLETE_LATER = True
     MAX_WAIT = 0.5  # Python runs signal handlers (Ctrl-C) only between waits
 
     def __init__(self, socket_io: str | None = None) -> None:

@@ -114,6 +114,10 @@ class Loop(ABC):
     """
 
     backend: str
+    WRITES_COMPLETE_LATER = False
+    """Whether a write usually completes on a later turn of the loop (overlapped I/O) rather
+    than at once (a non-blocking write): then a session writes half a buffer at a time, so
+    the next read can proceed meanwhile."""
     MAX_WAIT: float | None = None
     """Upper bound of one I/O wait (``None``: none), so signal handlers get to run."""
 

@@ -30,7 +30,7 @@ __all__ = ["ExecSession", "SessionResult"]
 
 log = logging.getLogger("execsession")
 
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 256 * 1024
 """Largest single read or write."""
 
 EXIT_GRACE = 10.0
@@ -123,6 +123,14 @@ class ExecSession:
         self._out_flow = _Flow(self.config.stdout_buffer)
         self._reading_client = self._reading_out = self._reading_err = False
         self._writing_child = self._writing_client = False
+        # Bytes handed to a write that has not completed: still held (they count against the
+        # hard limits), but not "waiting", so they do not keep a reader paused. A write takes
+        # at most half a buffer when writes complete later (overlapped I/O), so the next read
+        # can proceed while it is in flight.
+        self._inflight_child = self._inflight_client = 0
+        share = 2 if self.loop.WRITES_COMPLETE_LATER else 1
+        self._child_chunk = max(1, min(READ_CHUNK, self.config.stdin_buffer // share))
+        self._client_chunk = max(1, min(READ_CHUNK, self.config.stdout_buffer // share))
         self._client_eof = self._out_eof = self._err_eof = False
         self._stdin_closed = self._stdin_broken = self._shut_wr = False
         self._returncode: int | None = None
@@ -210,6 +218,7 @@ class ExecSession:
         child = self._child
         assert client is not None and child is not None
         total = self._total()
+        inflight = self._inflight_child + self._inflight_client
 
         # client -> child stdin
         if not self._reading_client and not self._client_eof:
@@ -218,7 +227,7 @@ class ExecSession:
                 client.read(READ_CHUNK, self._on_client_discard)
             else:
                 used = len(self._to_child) + self._reserved_child
-                if self._in_flow.may_read(used, total, config):
+                if self._in_flow.may_read(used - self._inflight_child, total - inflight, config):
                     size = min(READ_CHUNK, config.stdin_buffer - used, config.max_buffered - total)
                     if size > 0:
                         self._reading_client = True
@@ -227,7 +236,9 @@ class ExecSession:
                         client.read(size, self._on_client_data)
         if self._to_child and not self._writing_child and not self._stdin_closed:
             self._writing_child = True
-            child.stdin.write(bytes(self._to_child[:READ_CHUNK]), self._on_stdin_written)
+            chunk = bytes(self._to_child[:self._child_chunk])
+            self._inflight_child = len(chunk)
+            child.stdin.write(chunk, self._on_stdin_written)
         elif (self._client_eof and not self._to_child and not self._writing_child
               and not self._stdin_closed):
             self._stdin_closed = True
@@ -236,7 +247,8 @@ class ExecSession:
         # child stdout -> client
         if not self._reading_out and not self._out_eof:
             used = len(self._to_client) + self._reserved_client
-            if self._out_flow.may_read(used, total, config):
+            inflight = self._inflight_child + self._inflight_client
+            if self._out_flow.may_read(used - self._inflight_client, total - inflight, config):
                 size = min(READ_CHUNK, config.stdout_buffer - used, config.max_buffered - total)
                 if size > 0:
                     self._reading_out = True
@@ -247,7 +259,9 @@ class ExecSession:
             child.stderr.read(config.stderr_buffer, self._on_stderr_data)
         if self._to_client and not self._writing_client and not self._shut_wr:
             self._writing_client = True
-            client.write(bytes(self._to_client[:READ_CHUNK]), self._on_client_written)
+            chunk = bytes(self._to_client[:self._client_chunk])
+            self._inflight_client = len(chunk)
+            client.write(chunk, self._on_client_written)
         elif (self._out_eof and self._err_eof and not self._to_client
               and not self._writing_client and not self._shut_wr):
             self._shut_wr = True
@@ -312,6 +326,7 @@ class ExecSession:
 
     def _on_stdin_written(self, count: int, error: BaseException | None) -> None:
         self._writing_child = False
+        self._inflight_child = 0
         if self._aborting is not None or self._finished:
             return
         if error is not None:
@@ -360,6 +375,7 @@ class ExecSession:
 
     def _on_client_written(self, count: int, error: BaseException | None) -> None:
         self._writing_client = False
+        self._inflight_client = 0
         if self._aborting is not None or self._finished:
             return
         if error is not None:
