@@ -111,6 +111,19 @@ def test_client_eof_closes_the_childs_stdin_after_draining() -> None:
     assert received.strip() == str(len(data)).encode()
 
 
+def test_a_child_that_stops_reading_early_still_gets_its_output_through() -> None:
+    # The child reads one line and exits while the client is still sending: writes to its
+    # stdin then fail (broken pipe); the rest of the input is dropped, the client is still read
+    # (so its EOF is seen) and the child's answer and exit code come through.
+    code = "import sys\nsys.stdout.buffer.write(sys.stdin.buffer.readline().upper())"
+    data = b"hello\n" + pattern(2 * 1024 * 1024)
+    with ServerThread(python_child(code)) as server:
+        received = exchange(server.address, data)
+        [result] = server.wait_results(1)
+    assert received.replace(b"\r\n", b"\n") == b"HELLO\n"
+    assert (result.reason, result.returncode) == ("exited", 0)
+
+
 # -- stderr --------------------------------------------------------------------------------------
 STDERR_CODE = ("import sys\nsys.stdout.write('out\\n'); sys.stdout.flush()\n"
                "sys.stderr.write('err\\n'); sys.stderr.flush()")
