@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -17,6 +18,16 @@ __all__ = ["AddressFilter", "ExecServer", "is_loopback_host", "parse_listen"]
 log = logging.getLogger("execsession.server")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ACCEPT_BACKOFF = 0.1
+"""Seconds to stop accepting after ``accept`` failed for lack of fds or memory."""
+_OUT_OF_RESOURCES_ERRNO = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_OUT_OF_RESOURCES_WINERROR = {10024, 10055}  # WSAEMFILE, WSAENOBUFS
+
+
+def _out_of_resources(error: OSError) -> bool:
+    return (error.errno in _OUT_OF_RESOURCES_ERRNO
+            or getattr(error, "winerror", None) in _OUT_OF_RESOURCES_WINERROR)
 
 
 def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -105,6 +116,7 @@ class ExecServer:
         self.results: list[SessionResult] = []
         self.refused = 0
         self._accepted_one = False
+        self._accept_paused = False
         self._closed = False
         infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -129,15 +141,34 @@ class ExecServer:
         return (self._closed or (not self.keep_open and self._accepted_one)) and not self.sessions
 
     def _on_acceptable(self) -> None:
-        while self._listener is not None:
+        while self._listener is not None and not self._accept_paused:
             try:
                 conn, peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # e.g. the client reset before accept: skip it
-                log.debug("accept failed: %s", error)
-                return
+            except OSError as error:
+                if _out_of_resources(error):
+                    # The connection stays queued and the listener stays ready: accepting again
+                    # at once would spin. Stop watching it for a moment instead.
+                    log.warning("accept failed: %s; pausing accepts for %.1f s", error,
+                                ACCEPT_BACKOFF)
+                    self._pause_accepting()
+                    return
+                log.debug("accept failed: %s", error)  # e.g. the client reset first: skip it
+                continue
             self._admit(conn, peer)
+
+    def _pause_accepting(self) -> None:
+        if self._listener is None:
+            return
+        self._accept_paused = True
+        self.loop.remove_acceptor(self._listener)
+        self.loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused = False
+        if self._listener is not None:
+            self.loop.add_acceptor(self._listener, self._on_acceptable)
 
     def _admit(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         host = str(peer[0])
@@ -179,7 +210,8 @@ class ExecServer:
     def _stop_listening(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            self.loop.remove_acceptor(listener)
+            if not self._accept_paused:
+                self.loop.remove_acceptor(listener)
             listener.close()
 
     def close(self) -> None:

@@ -3,6 +3,7 @@ IOCP backend (Wine leg), with real children and real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import selectors
@@ -99,6 +100,21 @@ def test_stdin_is_transformed_and_returned_in_order() -> None:
         [result] = server.wait_results(1)
     assert received == bytes(255 - b for b in data)
     assert result.bytes_from_client == len(data) == result.bytes_to_client
+
+
+def test_tiny_buffers_force_partial_transfers_and_lose_nothing() -> None:
+    # Buffers of a few bytes: every read and write is partial and flow control pauses and
+    # resumes constantly; the bytes must still come back complete and in order.
+    # Under Wine every call is a wineserver round trip: a smaller amount keeps it short.
+    data = pattern(8_000 if ON_WINDOWS else 300_000)
+    config = ExecSessionConfig(stdin_buffer=7, stdout_buffer=13, stderr_buffer=5,
+                               max_buffered=19)
+    with ServerThread(PYTHON_CAT, config=config) as server:
+        received = exchange(server.address, data)
+        [result] = server.wait_results(1)
+    assert received == data
+    assert result.peak_buffered <= config.max_buffered
+    assert result.pauses > 0
 
 
 def test_client_eof_closes_the_childs_stdin_after_draining() -> None:
@@ -330,6 +346,48 @@ def test_allow_and_deny(allow: list[str], deny: list[str], served: bool) -> None
     assert server.server.refused == (0 if served else 1)
 
 
+class _ListenerOutOfFds:
+    """Wraps the server's listener: the first ``accept`` fails as if the process had run out
+    of file descriptors."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.failures = 0
+
+    def fileno(self) -> int:
+        return self.listener.fileno()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if not self.failures:
+            self.failures += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.listener.accept()
+
+    def setblocking(self, flag: bool) -> None:
+        self.listener.setblocking(flag)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_accept_out_of_fds_backs_off_then_serves() -> None:
+    with ServerThread(PYTHON_CAT) as server:
+        wrapper = _ListenerOutOfFds(server.server._listener)  # type: ignore[arg-type]
+
+        def swap() -> None:
+            server.server._listener = wrapper  # type: ignore[assignment]
+        server.loop.call_soon_threadsafe(swap)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            current: object = server.server._listener
+            if current is wrapper:
+                break
+            time.sleep(0.01)
+        assert exchange(server.address, b"later\n") == b"later\n"
+        server.wait_results(1)
+    assert wrapper.failures == 1
+
+
 def test_without_keep_open_one_client_is_served() -> None:
     with ServerThread(PYTHON_CAT, keep_open=False) as server:
         assert exchange(server.address, b"one\n") == b"one\n"
@@ -339,8 +397,23 @@ def test_without_keep_open_one_client_is_served() -> None:
 
 
 # -- many sessions on one thread -----------------------------------------------------------------
+def _raise_fd_limit(needed: int) -> None:
+    """Each session holds a socket, three pipe ends and a pidfd, and the clients live in this
+    process too: lift the soft fd limit to the hard one if it is lower than ``needed``."""
+    if sys.platform == "win32":
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.fail(f"this test needs {needed} file descriptors; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def test_many_concurrent_sessions() -> None:
     count = 200 if ON_WINDOWS else 1000
+    _raise_fd_limit(count * 7 + 100)
     command = NATIVE_CAT
     with ServerThread(command, max_conns=0) as server:
         clients: list[socket.socket] = []
