@@ -150,11 +150,11 @@ class ExecServer:
                 if _out_of_resources(error):
                     # The connection stays queued and the listener stays ready: accepting again
                     # at once would spin. Stop watching it for a moment instead.
-                    log.warning("accept failed: %s; pausing accepts for %.1f s", error,
+                    log.warning("accept failed: %s; pausing accepts for %.1f s", str(error),
                                 ACCEPT_BACKOFF)
                     self._pause_accepting()
                     return
-                log.debug("accept failed: %s", error)  # e.g. the client reset first: skip it
+                log.debug("accept failed: %s", str(error))  # e.g. the client reset first: skip it
                 continue
             self._admit(conn, peer)
 

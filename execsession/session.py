@@ -29,6 +29,8 @@ from .loop import Child, Loop, Stream, Timer, open_loop
 __all__ = ["ExecSession", "SessionResult"]
 
 log = logging.getLogger("execsession")
+# Log messages get str(error), never the exception: a record that keeps an exception keeps its
+# traceback's frames, and with them sessions and loops, alive (log capture holds records).
 
 READ_CHUNK = 256 * 1024
 """Largest single read or write."""
@@ -169,7 +171,7 @@ class ExecSession:
                                                  config.stderr_buffer),
                                      cwd=self._cwd, env=self._env)
         except (OSError, ValueError) as error:
-            log.warning("cannot start %r: %s", self._command, error)
+            log.warning("cannot start %r: %s", self._command, str(error))
             self._error = f"{type(error).__name__}: {error}"
             self._aborting = "spawn-failed"
             self._exited = True
@@ -332,7 +334,7 @@ class ExecSession:
         if error is not None:
             # The child closed its stdin (or exited): what it did not take is dropped, and the
             # client is still read, so that its EOF or disconnect is seen.
-            log.debug("session pid %s: child stdin closed: %s", self.pid, error)
+            log.debug("session pid %s: child stdin closed: %s", self.pid, str(error))
             self._stdin_broken = True
             self._to_child.clear()
         else:
@@ -347,7 +349,7 @@ class ExecSession:
             return
         if error is not None or not data:
             if error is not None:
-                log.debug("session pid %s: stdout read failed: %s", self.pid, error)
+                log.debug("session pid %s: stdout read failed: %s", self.pid, str(error))
             self._out_eof = True
             assert self._child is not None
             self._child.expect_exit()
@@ -397,7 +399,7 @@ class ExecSession:
             self._pump()
 
     def _client_lost(self, error: BaseException) -> None:
-        log.debug("session pid %s: client lost: %s", self.pid, error)
+        log.debug("session pid %s: client lost: %s", self.pid, str(error))
         self.abort("client-disconnected")
 
     # -- timeouts -----------------------------------------------------------------------------

@@ -221,18 +221,39 @@ def _disconnect_mid_transfer() -> None:
         assert wait_dead(grandchild), "the grandchild outlived the session"
 
 
-def test_client_disconnect_mid_transfer_kills_the_tree_and_leaks_nothing() -> None:
-    # The first run may load DLLs, open the null device... Loops and sessions form reference
+def test_client_disconnect_mid_transfer_kills_the_tree() -> None:
+    _disconnect_mid_transfer()
+
+
+def _every_ending() -> None:
+    """One session ending each way: normally, by a client reset, by a timeout, by a spawn
+    failure, and a client refused (by the filter)."""
+    _disconnect_mid_transfer()
+    with ServerThread(PYTHON_CAT, config=ExecSessionConfig(idle_timeout=0.5)) as server:
+        assert exchange(server.address, b"fine\n") == b"fine\n"
+        with connect(server.address) as idle:
+            results = server.wait_results(2)
+            assert recv_all(idle) == b""
+    assert [result.reason for result in results] == ["exited", "idle-timeout"]
+    with ServerThread(["/nonexistent/program-ntafd"]) as server:
+        exchange(server.address)
+        server.wait_results(1)
+    with ServerThread(PYTHON_CAT, address_filter=AddressFilter([], ["127.0.0.1"])) as server:
+        assert exchange(server.address) == b""
+
+
+def test_no_fd_handle_or_process_is_left_behind_on_any_path() -> None:
+    # The first round may load DLLs, open the null device... Loops and sessions form reference
     # cycles, and on Windows every Python lock holds a semaphore handle (CPython 3.11's
     # emulated condition variables): collect them before counting. The pipes, sockets,
     # processes and jobs must be closed explicitly, so they do not depend on the collector.
-    _disconnect_mid_transfer()
+    _every_ending()
     gc.collect()
     before = open_resources()
-    _disconnect_mid_transfer()
-    _disconnect_mid_transfer()
+    _every_ending()
+    _every_ending()
     gc.collect()
-    assert open_resources() <= before  # no fd or handle per session left behind
+    assert open_resources() <= before  # nothing per session left behind
 
 
 def test_abort_kills_a_child_that_ignores_its_input() -> None:
