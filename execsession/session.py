@@ -405,9 +405,9 @@ class ExecSession:
     # -- timeouts -----------------------------------------------------------------------------
     def _deadlines(self) -> list[tuple[float, str]]:
         config = self.config
+        if self._closing:  # the child has exited and its output was sent: only closing is left
+            return [(self._close_deadline, "close")]
         deadlines: list[tuple[float, str]] = []
-        if self._closing:
-            deadlines.append((self._close_deadline, "close"))
         if config.exec_timeout:
             deadlines.append((self._started_at + config.exec_timeout, "exec-timeout"))
         if config.connect_timeout and not self._active:
