@@ -514,3 +514,19 @@ def test_the_overlapped_socket_io_variant_relays_too() -> None:
     assert second.reason == "client-disconnected"
     with pytest.raises(ValueError, match="socket_io"):
         IocpLoop("bogus")
+
+
+@pytest.mark.posix
+def test_exit_is_seen_without_pidfds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where pidfd_open is missing (older kernels, other POSIX systems) the child is polled
+    with waitid(WNOWAIT), which also leaves it unreaped until its group is killed."""
+    import os
+
+    def no_pidfds(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfds)
+    with ServerThread(python_child("import sys; print('polled'); sys.exit(5)")) as server:
+        assert exchange(server.address).strip() == b"polled"
+        [result] = server.wait_results(1)
+    assert (result.reason, result.returncode) == ("exited", 5)
