@@ -141,6 +141,7 @@ class ExecSession:
         self._aborting: str | None = None
         self._error: str | None = None
         self._finished = False
+        self._started = False
         self._started_at = 0.0
         self._last_activity = 0.0
         self._active = False
@@ -161,6 +162,9 @@ class ExecSession:
     def start(self) -> None:
         """Spawn the child and start relaying. A spawn failure ends the session at once
         (``reason == "spawn-failed"``), with the socket closed."""
+        if self._started:
+            raise RuntimeError("the session was already started")
+        self._started = True
         loop = self.loop
         self._started_at = self._last_activity = loop.time()
         config = self.config
@@ -186,7 +190,7 @@ class ExecSession:
 
     def run(self, timeout: float | None = None) -> SessionResult | None:
         """Start (if needed) and run the session's own loop until it is done."""
-        if self._client is None and not self._finished and self._aborting is None:
+        if not self._started:
             self.start()
         self.loop.run(until=lambda: self._finished, timeout=timeout)
         if self._own_loop and self._finished:
