@@ -78,6 +78,7 @@ class AfdPoller:
         self._registered: dict[int, _Registration] = {}
         self._groups: list[_PollGroup] = []
         self._rearm: dict[_Registration, None] = {}
+        self._outstanding = 0
         self._closed = False
 
     # -- registration ---------------------------------------------------------------------
@@ -179,6 +180,7 @@ class AfdPoller:
             self._drop_closed(registration)
             return
         registration.asked = wanted
+        self._outstanding += 1
 
     def _cancel(self, registration: _Registration) -> None:
         assert registration.poll is not None
@@ -238,6 +240,7 @@ class AfdPoller:
 
     def _complete(self, registration: _Registration,
                   operation: AfdPollOperation) -> PollEvents:
+        self._outstanding -= 1
         registration.poll = None
         registration.cancelling = False
         registration.asked = AfdPollEvents(0)
@@ -277,7 +280,14 @@ class AfdPoller:
             raise PollerClosedError("operation on a closed AfdPoller")
 
     def __len__(self) -> int:
+        """The number of registered sockets."""
         return len(self._registered)
+
+    @property
+    def outstanding_polls(self) -> int:
+        """AFD polls issued and not yet dequeued: requests whose memory the kernel still owns
+        (including cancelled ones, and those of sockets already unregistered)."""
+        return self._outstanding
 
     def close(self) -> None:
         """Cancel every poll, release the helper handles and the port. Idempotent."""
@@ -291,6 +301,7 @@ class AfdPoller:
                 group.helper.close()  # the kernel cancels the polls pending on it
             self._port.close()  # dequeues those cancellations
             self._groups.clear()
+            self._outstanding = 0
 
     def __enter__(self) -> AfdPoller:
         return self
