@@ -232,6 +232,22 @@ def test_errors_are_the_named_ones(connected_pair: tuple[socket.socket, socket.s
         poller.register(first, P.IN)
 
 
+@pytest.mark.parametrize("events", [P.IN, P(0)], ids=["polling", "no-interest"])
+def test_registering_a_non_socket_is_a_clear_error(events: PollEvents) -> None:
+    from afd import NotASocketError
+    from ntdll import functions as nt
+
+    event = nt.CreateEventW(True, False)
+    try:
+        with AfdPoller() as poller:
+            with pytest.raises(NotASocketError, match="is not a socket") as raised:
+                poller.register(event, events)
+            assert getattr(raised.value, "winerror", None) == 10038
+            assert len(poller) == 0 and poller.outstanding_polls == 0
+    finally:
+        nt.CloseHandle(event)
+
+
 def test_register_unregister_cycles_leak_no_handle(
         connected_pair: tuple[socket.socket, socket.socket]) -> None:
     first, _ = connected_pair
