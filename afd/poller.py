@@ -29,8 +29,10 @@ from .helper import AfdHelperHandle, AfdPollOperation
 __all__ = ["GROUP_SIZE", "AfdPoller", "PollerClosedError"]
 
 GROUP_SIZE = 32
-"""Sockets per AFD helper handle. Provisional (wepoll and mio use 32, trio 500; trio#1280: the
-cost of a cancel grows with the polls pending on the handle): to be fixed by measurement."""
+"""Sockets per AFD helper handle (wepoll and mio use 32, trio 500). On Windows the cost of a
+cancel grows with the polls pending on the handle (trio#1280); under Wine the measurement
+(``bench.poller --only group_size``) shows no effect, since wineserver keeps one list of polls
+for all handles. ACTIVE_KB.md D13 has the figures."""
 
 DEFAULT_MAX_EVENTS = 1024
 
