@@ -19,8 +19,9 @@ from types import TracebackType
 
 from iocp import WAKEUP_KEY, Completion, CompletionPort, validate_timeout
 from ntdll import NtStatusError
+from ntdll.status import STATUS_INVALID_HANDLE, STATUS_OBJECT_TYPE_MISMATCH
 
-from .base_handle import SocketLike, base_socket_handle, socket_handle
+from .base_handle import SocketLike, base_socket_handle, check_socket, socket_handle
 from .events import PollEvents, afd_events_for, poll_events_from
 from .flags import AfdPollEvents
 from .helper import AfdHelperHandle, AfdPollOperation
@@ -28,12 +29,16 @@ from .helper import AfdHelperHandle, AfdPollOperation
 __all__ = ["GROUP_SIZE", "AfdPoller", "PollerClosedError"]
 
 GROUP_SIZE = 32
-"""Sockets per AFD helper handle. Provisional (wepoll and mio use 32, trio 500; trio#1280: the
-cost of a cancel grows with the polls pending on the handle): to be fixed by measurement."""
+"""Sockets per AFD helper handle (wepoll and mio use 32, trio 500). On Windows the cost of a
+cancel grows with the polls pending on the handle (trio#1280); under Wine the measurement
+(``bench.poller --only group_size``) shows no effect, since wineserver keeps one list of polls
+for all handles. ACTIVE_KB.md D13 has the figures."""
 
 DEFAULT_MAX_EVENTS = 1024
 
-_NO_EVENTS = AfdPollEvents(0)
+_LOCAL_CLOSE = int(AfdPollEvents.LOCAL_CLOSE)
+# What an AFD poll naming a non-socket fails with (seen under Wine: F11).
+_NOT_A_SOCKET = frozenset({STATUS_INVALID_HANDLE, STATUS_OBJECT_TYPE_MISMATCH})
 
 
 class PollerClosedError(ValueError):
@@ -57,9 +62,10 @@ class _Registration:
     oneshot: bool
     group: _PollGroup
     poll: AfdPollOperation | None = None
-    asked: AfdPollEvents = _NO_EVENTS
+    asked: int = 0  # the AFD events the pending poll asks for
     cancelling: bool = False
     deleted: bool = False
+    modified: int = 0  # counts modify() calls
 
 
 class AfdPoller:
@@ -77,7 +83,11 @@ class AfdPoller:
         self._lock = threading.RLock()
         self._registered: dict[int, _Registration] = {}
         self._groups: list[_PollGroup] = []
+        self._groups_with_room: dict[_PollGroup, None] = {}  # insertion-ordered set
         self._rearm: dict[_Registration, None] = {}
+        self._outstanding = 0
+        # Readiness dequeued outside poll() (see register), reported by the next poll().
+        self._backlog: list[tuple[_Registration, int, PollEvents]] = []
         self._closed = False
 
     # -- registration ---------------------------------------------------------------------
@@ -87,22 +97,32 @@ class AfdPoller:
 
         Raises ``FileExistsError`` if already registered, ``ValueError`` for a closed socket,
         :class:`~afd.NotASocketError` for a non-socket.
+
+        A socket closed while registered leaves the set when its close is dequeued. If its
+        handle value has already been reused for ``sock``, the queued completions are collected
+        first (so the close is seen) before ``FileExistsError`` is decided.
         """
         handle = socket_handle(sock)
         with self._lock:
             self._check_open()
             if handle in self._registered:
+                self._collect_now()
+            if handle in self._registered:
                 raise FileExistsError(f"socket {handle:#x} is already registered")
-            base = base_socket_handle(handle)
-            group = self._group_with_room()
-            registration = _Registration(handle, base, PollEvents(events), data, oneshot, group)
-            group.members += 1
+            interest = PollEvents(events)
+            # With a poll to issue, a non-socket is found by the poll itself (one call fewer).
+            polls_now = bool(afd_events_for(interest))
+            base = base_socket_handle(handle, verify=not polls_now)
+            group = self._join_group()
+            registration = _Registration(handle, base, interest, data, oneshot, group)
             self._registered[handle] = registration
             try:
                 self._update(registration, raise_errors=True)
-            except BaseException:
+            except BaseException as error:
                 del self._registered[handle]
-                group.members -= 1
+                self._leave_group(group)
+                if isinstance(error, NtStatusError) and error.ntstatus in _NOT_A_SOCKET:
+                    check_socket(handle)  # raises NotASocketError, saying what the handle is
                 raise
 
     def modify(self, sock: SocketLike | int, events: PollEvents | int, data: object = None,
@@ -117,6 +137,7 @@ class AfdPoller:
             registration = self._lookup(handle)
             registration.interest = PollEvents(events)
             registration.data = data
+            registration.modified += 1
             if oneshot is not None:
                 registration.oneshot = oneshot
             self._update(registration)
@@ -141,23 +162,31 @@ class AfdPoller:
             raise FileNotFoundError(f"socket {handle:#x} is not registered")
         return registration
 
-    def _group_with_room(self) -> _PollGroup:
-        for group in self._groups:
-            if group.members < self._group_size:
-                return group
-        group = _PollGroup(self._port, len(self._groups) + 1)
-        self._groups.append(group)
+    def _join_group(self) -> _PollGroup:
+        """A poll group with room for one more socket (a new helper handle if none has)."""
+        group = next(iter(self._groups_with_room), None)
+        if group is None:
+            group = _PollGroup(self._port, len(self._groups) + 1)
+            self._groups.append(group)
+            self._groups_with_room[group] = None
+        group.members += 1
+        if group.members >= self._group_size:
+            del self._groups_with_room[group]
         return group
 
+    def _leave_group(self, group: _PollGroup) -> None:
+        group.members -= 1
+        self._groups_with_room[group] = None
+
     def _free(self, registration: _Registration) -> None:
-        registration.group.members -= 1
+        self._leave_group(registration.group)
 
     # -- issuing polls ----------------------------------------------------------------------
     def _update(self, registration: _Registration, raise_errors: bool = False) -> None:
         """Make the socket's outstanding poll match its interest (called under the lock)."""
         if registration.deleted:
             return
-        wanted = afd_events_for(registration.interest)
+        wanted = int(afd_events_for(registration.interest))
         if registration.poll is not None:
             if registration.cancelling:
                 return  # the new poll is issued when the cancellation is dequeued
@@ -179,6 +208,7 @@ class AfdPoller:
             self._drop_closed(registration)
             return
         registration.asked = wanted
+        self._outstanding += 1
 
     def _cancel(self, registration: _Registration) -> None:
         assert registration.poll is not None
@@ -209,8 +239,49 @@ class AfdPoller:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             completions = self._port.dequeue(timeout=remaining, max_entries=max_events)
             ready, woken = self._process(completions)
+            if self._backlog:
+                ready = self._take_backlog() + ready
             if ready or woken or (deadline is not None and time.monotonic() >= deadline):
                 return ready
+
+    def _collect_now(self) -> None:
+        """Dequeue what has completed without waiting; its readiness waits in the backlog for
+        the next poll() (a thread blocked in poll() is woken to report it)."""
+        ready = []
+        woken = False
+        while True:
+            completions = self._port.dequeue(timeout=0)
+            if not completions:
+                break
+            for completion in completions:
+                if completion.key == WAKEUP_KEY:
+                    woken = True  # not ours: passed on to poll() below
+                    continue
+                registration = completion.tag
+                if isinstance(completion.operation, AfdPollOperation) and isinstance(
+                        registration, _Registration):
+                    events = self._complete(registration, completion.operation)
+                    if events:
+                        ready.append((registration, registration.modified, events))
+        if ready:
+            self._backlog.extend(ready)
+        if ready or woken:
+            self._port.wakeup()
+
+    def _take_backlog(self) -> list[tuple[object, PollEvents]]:
+        """The backlog as poll() reports it: with each socket's current data and interest
+        (it may have been modified or unregistered since)."""
+        with self._lock:
+            backlog, self._backlog = self._backlog, []
+            ready = []
+            for registration, modified, events in backlog:
+                if registration.deleted:
+                    continue
+                if registration.modified != modified:
+                    events &= registration.interest | PollEvents.ERR | PollEvents.HUP
+                if events:
+                    ready.append((registration.data, events))
+            return ready
 
     def _flush_rearm(self) -> None:
         pending, self._rearm = self._rearm, {}
@@ -238,9 +309,10 @@ class AfdPoller:
 
     def _complete(self, registration: _Registration,
                   operation: AfdPollOperation) -> PollEvents:
+        self._outstanding -= 1
         registration.poll = None
         registration.cancelling = False
-        registration.asked = AfdPollEvents(0)
+        registration.asked = 0
         if registration.deleted:
             self._free(registration)
             return PollEvents(0)
@@ -251,10 +323,10 @@ class AfdPoller:
             # The poll itself failed: report the socket as in error (its next I/O tells why)
             # and do not re-arm, which would fail again at once.
             return PollEvents.IN | PollEvents.OUT | PollEvents.ERR
-        reported = AfdPollEvents(0)
+        reported = 0
         for entry in operation.results:
-            reported |= entry.events
-        if reported & AfdPollEvents.LOCAL_CLOSE:
+            reported |= int(entry.events)
+        if reported & _LOCAL_CLOSE:
             self._drop_closed(registration)
             return PollEvents(0)
         events = poll_events_from(reported, registration.interest)
@@ -277,7 +349,14 @@ class AfdPoller:
             raise PollerClosedError("operation on a closed AfdPoller")
 
     def __len__(self) -> int:
+        """The number of registered sockets."""
         return len(self._registered)
+
+    @property
+    def outstanding_polls(self) -> int:
+        """AFD polls issued and not yet dequeued: requests whose memory the kernel still owns
+        (including cancelled ones, and those of sockets already unregistered)."""
+        return self._outstanding
 
     def close(self) -> None:
         """Cancel every poll, release the helper handles and the port. Idempotent."""
@@ -287,10 +366,13 @@ class AfdPoller:
             self._closed = True
             self._registered.clear()
             self._rearm.clear()
+            self._backlog.clear()
             for group in self._groups:
                 group.helper.close()  # the kernel cancels the polls pending on it
             self._port.close()  # dequeues those cancellations
             self._groups.clear()
+            self._groups_with_room.clear()
+            self._outstanding = 0
 
     def __enter__(self) -> AfdPoller:
         return self
