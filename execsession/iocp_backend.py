@@ -157,6 +157,18 @@ class IocpLoop(Loop):
         self._slots.clear()
 
 
+def _read_operation(owner: object, operation: ReadOperation | None,
+                    size: int) -> ReadOperation:
+    """``operation`` again if its buffer holds ``size`` bytes, else one with a buffer of
+    ``size``: a stream's reads are as large as its session's buffer, so 200 idle sessions do not
+    hold 200 buffers of the largest read size. Never called while a read is pending."""
+    if operation is not None:
+        buffer = operation.buffer  # raises OperationBusyError if still pending
+        if buffer is not None and ctypes.sizeof(buffer) >= size:
+            return operation
+    return ReadOperation(owner, ctypes.create_string_buffer(size))
+
+
 # -- pipes ---------------------------------------------------------------------------------------
 class _PipeStream(Stream):
     """Our overlapped end of a child's pipe."""
@@ -179,9 +191,7 @@ class _PipeStream(Stream):
         if self._closed:
             raise ValueError("read on a closed pipe")
         size = min(size, READ_MAX)
-        operation = self._read_op
-        if operation is None:
-            operation = self._read_op = ReadOperation(self, ctypes.create_string_buffer(READ_MAX))
+        operation = self._read_op = _read_operation(self, self._read_op, size)
         self._read_cb = callback
         try:
             start_read(self._loop.port, self._handle.value, size, tag=self, operation=operation)
@@ -412,7 +422,7 @@ class _OverlappedSocketStream(Stream):
         self._handle = sock.fileno()
         loop.port.associate(self._handle, SOCKET_KEY)
         self._closed = False
-        self._read_op = ReadOperation(self, ctypes.create_string_buffer(READ_MAX))
+        self._read_op: ReadOperation | None = None
         self._read_cb: ReadCallback | None = None
         self._write_op: WriteOperation | None = None
         self._write_cb: WriteCallback | None = None
@@ -421,7 +431,7 @@ class _OverlappedSocketStream(Stream):
         if self._closed:
             raise ValueError("read on a closed socket stream")
         size = min(size, READ_MAX)
-        operation = self._read_op
+        operation = self._read_op = _read_operation(self, self._read_op, size)
         buffer = operation.buffer  # raises OperationBusyError if a read is still pending
         assert buffer is not None
         self._read_cb = callback
