@@ -283,18 +283,20 @@ def measure(name: str, command: Callable[[int], list[str]], args: argparse.Names
     try:
         cpu_before = tree_cpu_seconds(server.pid)
         best: float | None = None
+        stalled = False
         for _ in range(args.repeat):
             try:
                 seconds = throughput(port, size)
             except Stalled as stall:
                 figures.notes.append(f"throughput stalled: {stall}")
+                stalled = True
                 break
             best = seconds if best is None else min(best, seconds)
         if best is not None:
             figures.mib_per_s = args.size / best
             time.sleep(0.3)  # let the server reap the session's processes (their CPU counts)
             cpu_after = tree_cpu_seconds(server.pid)
-            if cpu_before is not None and cpu_after is not None:
+            if cpu_before is not None and cpu_after is not None and not stalled:
                 figures.cpu_per_gib = (cpu_after - cpu_before) / (args.repeat * args.size / 1024)
         times = round_trips(port, args.round_trips)
         figures.rtt_median_us = statistics.median(times) * 1e6
