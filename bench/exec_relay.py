@@ -59,6 +59,8 @@ ECHO_CODE = (
 class Figures:
     name: str
     mib_per_s: float = 0.0
+    mib_per_s_runs: list[float] = field(default_factory=list)
+    rtt_us: list[float] = field(default_factory=list)
     cpu_per_gib: float | None = None
     rtt_median_us: float = 0.0
     rtt_p99_us: float = 0.0
@@ -292,6 +294,7 @@ def measure(name: str, command: Callable[[int], list[str]], args: argparse.Names
                 stalled = True
                 break
             best = seconds if best is None else min(best, seconds)
+            figures.mib_per_s_runs.append(args.size / seconds)
         if best is not None:
             figures.mib_per_s = args.size / best
             time.sleep(0.3)  # let the server reap the session's processes (their CPU counts)
@@ -299,6 +302,7 @@ def measure(name: str, command: Callable[[int], list[str]], args: argparse.Names
             if cpu_before is not None and cpu_after is not None and not stalled:
                 figures.cpu_per_gib = (cpu_after - cpu_before) / (args.repeat * args.size / 1024)
         times = round_trips(port, args.round_trips)
+        figures.rtt_us = [t * 1e6 for t in times]
         figures.rtt_median_us = statistics.median(times) * 1e6
         figures.rtt_p99_us = sorted(times)[int(len(times) * 0.99) - 1] * 1e6
     finally:
@@ -394,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="throughput runs (best counts)")
     parser.add_argument("--round-trips", type=int, default=500 if ON_WINDOWS else 2000)
     parser.add_argument("--sessions", type=int, default=200 if ON_WINDOWS else 1000)
+    parser.add_argument("--json", help="also write the figures for bench/report.py here")
     parser.add_argument("--asyncio-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -442,7 +447,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"measuring {name} ...", flush=True)
         results.append(measure(name, command, args, light_command))
     report(results, args)
+    if args.json:
+        write_json(results, args)
     return 0
+
+
+def write_json(all_figures: list[Figures], args: argparse.Namespace) -> None:
+    """The figures in bench.common's JSON format (for ``make bench``'s table and charts):
+    throughput per run, round trips as the medians of five equal slices of the samples."""
+    from bench.common import Results
+
+    results = Results(f"exec_relay-{'wine' if ON_WINDOWS else 'linux'}")
+    for figures in all_figures:
+        if figures.mib_per_s_runs:
+            results.record("exec_relay", f"throughput, {args.size} MiB through cat",
+                           figures.name, "MiB/s", "higher", figures.mib_per_s_runs,
+                           note="; ".join(figures.notes))
+        else:
+            results.unavailable("exec_relay", f"throughput, {args.size} MiB through cat",
+                                figures.name, "MiB/s", "higher", "; ".join(figures.notes))
+        if figures.rtt_us:
+            size = max(1, len(figures.rtt_us) // 5)
+            slices = [figures.rtt_us[i:i + size] for i in range(0, size * 5, size)]
+            results.record("exec_relay", "64-byte round trip", figures.name, "µs", "lower",
+                           [statistics.median(part) for part in slices if part])
+        if figures.cpu_per_gib is not None:
+            results.record("exec_relay", "CPU per GiB", figures.name, "CPU s/GiB", "lower",
+                           [figures.cpu_per_gib], note="the server's process tree")
+        if args.sessions:
+            results.record("exec_relay", f"{args.sessions} concurrent sessions", figures.name,
+                           "s", "lower", [figures.sessions_seconds],
+                           note=f"{figures.sessions_failed} failed")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,17 @@ wine_bench() {  # wine_bench NAME MODULE ARGS...: one Windows benchmark under Wi
         || failed+=("$name")
 }
 
+linux_bench() {  # linux_bench NAME MODULE ARGS...: one benchmark with the Linux python
+    local name=$1 module=$2; shift 2
+    echo "=== bench $name (Linux): python -m $module $*"
+    "$here/.cache/venv/bin/python" -m "$module" --json "$results/$name.json" "$@" \
+        || failed+=("$name")
+}
+
 wine_bench poller bench.poller
 wine_bench echo bench.echo
+wine_bench exec_relay-wine bench.exec_relay
+linux_bench exec_relay-linux bench.exec_relay
 
 echo "=== report"
 "$here/.cache/venv/bin/python" -m bench.report "$results" bench/results --readme README.md \
