@@ -251,9 +251,7 @@ class AfdPoller:
             # The poll itself failed: report the socket as in error (its next I/O tells why)
             # and do not re-arm, which would fail again at once.
             return PollEvents.IN | PollEvents.OUT | PollEvents.ERR
-        reported = AfdPollEvents(0)
-        for entry in operation.results:
-            reported |= entry.events
+        reported = operation.reported_events()
         if reported & AfdPollEvents.LOCAL_CLOSE:
             self._drop_closed(registration)
             return PollEvents(0)
