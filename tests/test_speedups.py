@@ -1,0 +1,157 @@
+"""The optional C speedups: which implementation a leg loaded, the cdef's layouts against the
+ctypes ones, forcing pure ctypes, and the Debug build's assertions.
+
+The rest of the suite runs unchanged in every leg, so each test of the port, the polls and the
+poller checks whichever implementation the leg loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from afd import (
+    AFD_POLL_HANDLE_INFO,
+    AFD_POLL_INFO,
+    AfdHelperHandle,
+    AfdPollEvents,
+    base_socket_handle,
+)
+from iocp import CompletionPort
+from ntdll import speedups
+from ntdll.structures import FILE_IO_COMPLETION_INFORMATION, IO_STATUS_BLOCK, OVERLAPPED
+
+EXPECT_ENV = "NTAFD_EXPECT_IMPLEMENTATION"
+IMPLEMENTATIONS = ("ctypes", "cffi-debug", "cffi-optimized")
+
+# cdef name -> the hand-written ctypes layout it must equal, and the fields to compare.
+PAIRS: list[tuple[str, type[ctypes.Structure], tuple[str, ...]]] = [
+    ("NTAFD_IO_STATUS_BLOCK", IO_STATUS_BLOCK, ("Status", "Pointer", "Information")),
+    ("NTAFD_FILE_IO_COMPLETION_INFORMATION", FILE_IO_COMPLETION_INFORMATION,
+     ("KeyContext", "ApcContext", "IoStatusBlock")),
+    ("NTAFD_OVERLAPPED", OVERLAPPED,
+     ("Internal", "InternalHigh", "Offset", "OffsetHigh", "Pointer", "hEvent")),
+    ("NTAFD_AFD_POLL_HANDLE_INFO", AFD_POLL_HANDLE_INFO, ("Handle", "Events", "Status")),
+    ("NTAFD_AFD_POLL_INFO", AFD_POLL_INFO,
+     ("Timeout", "NumberOfHandles", "Exclusive", "Handles")),
+]
+
+
+def _ctypes_field_size(structure: type[ctypes.Structure], name: str) -> int:
+    field: Any = getattr(structure, name)
+    size: int = field.size
+    return size
+
+
+def _check_layouts(ffi: Any) -> None:
+    for cdef_name, structure, fields in PAIRS:
+        assert ffi.sizeof(cdef_name) == ctypes.sizeof(structure), cdef_name
+        assert ffi.alignof(cdef_name) == ctypes.alignment(structure), cdef_name
+        c_fields = dict(ffi.typeof(cdef_name).fields)
+        for name in fields:
+            ctypes_offset = getattr(structure, name).offset
+            assert ffi.offsetof(cdef_name, name) == ctypes_offset, f"{cdef_name}.{name}"
+            if name in c_fields:  # a named field (not one inside an anonymous union)
+                assert ffi.sizeof(c_fields[name].type) == _ctypes_field_size(
+                    structure, name), f"{cdef_name}.{name}"
+
+
+def test_the_expected_implementation_is_loaded() -> None:
+    """A leg that expects the speedups fails here if it silently fell back to ctypes."""
+    expected = os.environ.get(EXPECT_ENV)
+    if expected is not None:
+        assert speedups.IMPLEMENTATION == expected, speedups.LOAD_ERROR
+    elif sys.platform != "win32" or os.environ.get(speedups.PURE_ENV) == "1":
+        assert speedups.IMPLEMENTATION == "ctypes"
+        assert speedups.native is None and speedups.LOAD_ERROR
+    else:
+        assert speedups.IMPLEMENTATION in IMPLEMENTATIONS
+
+
+def test_the_cdef_layouts_equal_the_ctypes_layouts_as_cffi_computes_them() -> None:
+    """The builder's cdef, laid out by cffi itself (no C compiler): every platform with cffi."""
+    build = pytest.importorskip("speedups.build", reason="cffi is not installed")
+    _check_layouts(build.ffi)
+
+
+@pytest.mark.cffi
+def test_the_c_compilers_layouts_equal_the_ctypes_layouts() -> None:
+    """The compiled module's sizes and offsets are the C compiler's (cffi verified them against
+    the C definitions when it was built): each layout is checked against the other."""
+    assert speedups.native is not None
+    _check_layouts(speedups.native.ffi)
+
+
+@pytest.mark.windows
+def test_pure_ctypes_can_be_forced() -> None:
+    code = "from ntdll import speedups; print(speedups.IMPLEMENTATION)"
+    env = dict(os.environ, **{speedups.PURE_ENV: "1"})
+    forced = subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=120, check=True)
+    assert forced.stdout.strip() == "ctypes"
+    env.pop(speedups.PURE_ENV)
+    default = subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=120, check=True)
+    assert default.stdout.strip() == speedups.IMPLEMENTATION
+
+
+@pytest.mark.cffi
+def test_c_poll_cancel_and_dequeue_round_trip(connected_pair: tuple[socket.socket,
+                                                                    socket.socket]) -> None:
+    """The C functions on their own: a poll issued in C, cancelled in C (a second cancel finds
+    nothing), its cancellation dequeued and decoded in C."""
+    native = speedups.native
+    assert native is not None
+    first, _second = connected_pair
+    overlapped = OVERLAPPED()
+    info = AFD_POLL_INFO()
+    with CompletionPort() as port, AfdHelperHandle(port, key=7) as helper:
+        status = native.afd_poll(helper.handle, overlapped, info, base_socket_handle(first),
+                                 int(AfdPollEvents.RECEIVE), 2**63 - 1, False)
+        assert status == 0x103  # STATUS_PENDING
+        assert native.cancel(helper.handle, overlapped) is True
+        flat: list[int] = []
+        for _ in range(100):
+            flat = native.remove_completions(port.handle, 8, -10_000_000)
+            if flat:
+                break
+        assert flat == [7, ctypes.addressof(overlapped), 0xC0000120, 0]  # STATUS_CANCELLED
+        assert native.cancel(helper.handle, overlapped) is False  # completed: not pending
+        assert native.remove_completions(port.handle, 8, 0) == []  # STATUS_TIMEOUT
+
+
+@pytest.mark.cffi_debug
+def test_debug_build_refuses_a_request_issued_again_while_pending(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    """The Debug build tracks requests issued in C until their completion is dequeued: issuing
+    the same memory again meanwhile raises instead of handing it to the kernel twice."""
+    native = speedups.native
+    assert native is not None and native.debug
+    first, _second = connected_pair
+    overlapped = OVERLAPPED()
+    info = AFD_POLL_INFO()
+    base = base_socket_handle(first)
+    with CompletionPort() as port, AfdHelperHandle(port, key=7) as helper:
+        assert native.in_flight(overlapped) is False
+        native.afd_poll(helper.handle, overlapped, info, base, 1, 2**63 - 1, False)
+        assert native.in_flight(overlapped) is True
+        with pytest.raises(speedups.SpeedupsAssertionError, match="issued again"):
+            native.afd_poll(helper.handle, overlapped, info, base, 1, 2**63 - 1, False)
+        assert native.cancel(helper.handle, overlapped) is True
+        for _ in range(100):
+            if native.remove_completions(port.handle, 8, -10_000_000):
+                break
+        assert native.in_flight(overlapped) is False
+
+
+@pytest.mark.cffi
+def test_optimized_build_does_not_track_requests() -> None:
+    native = speedups.native
+    assert native is not None
+    assert native.in_flight(OVERLAPPED()) is (False if native.debug else None)
