@@ -1,0 +1,225 @@
+"""Benchmark: the pure-ctypes implementation against the cffi speedups, in one run.
+
+    NTAFD_WINE_PYTHONPATH='Z:\\...\\.cache\\speedups\\optimized' tools/winpy -m bench.speedups
+    tools/winpy -m bench.speedups --profile echo  # cProfile one workload, the loaded impl.
+
+The two implementations are measured alternately in this one process (``use`` switches them;
+under Wine the machine's load drifts, so alternation and medians matter), and it reports:
+
+- ``dequeue``: completions dequeued per second — packets posted beforehand (posting not timed),
+  then drained with ``CompletionPort.dequeue`` in batches of 128; with and without an operation
+  behind each packet;
+- ``arm+cancel``: the cost per socket of ``AfdPoller.register`` (issues a poll) then
+  ``unregister`` (cancels it) and draining the cancellations, over 500 socketpairs;
+- ``echo``: round trips per second of 16 connections echoing 64-byte messages through one
+  ``AfdSelector`` (client and server sides in one thread, 127.0.0.1 only).
+
+Every loop is bounded in time and in count. Under Wine the absolute figures mean little (every NT
+call is a round trip to wineserver, and two cores are shared): compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import selectors
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+SECONDS = float(os.environ.get("NTAFD_BENCH_SECONDS", "2.0"))
+"""Time bound of each measured loop (each also has a count bound)."""
+
+
+def bench_dequeue(with_operations: bool) -> float:
+    """Completions dequeued per second."""
+    from iocp import CompletionPort, Operation
+    from ntdll import functions as nt
+
+    batch_packets = 5_000
+    dequeued = 0
+    elapsed = 0.0
+    deadline = time.monotonic() + SECONDS
+    with CompletionPort() as port:
+        for _round in range(50):
+            if time.monotonic() >= deadline:
+                break
+            if with_operations:
+                operations = [Operation(tag=i) for i in range(batch_packets)]
+                for operation in operations:
+                    port.post(key=1, operation=operation)
+            else:
+                for i in range(batch_packets):
+                    nt.NtSetIoCompletion(port.handle, 1, 0, 0, i)
+            remaining = batch_packets
+            start = time.perf_counter()
+            while remaining:
+                got = port.dequeue(timeout=0, max_entries=128)
+                if not got:
+                    raise RuntimeError("lost packets")
+                remaining -= len(got)
+            elapsed += time.perf_counter() - start
+            dequeued += batch_packets
+    return dequeued / elapsed
+
+
+def bench_arm_cancel(pairs: int = 500) -> float:
+    """Microseconds per socket for register (arm) + unregister (cancel) + dequeuing the
+    cancellation."""
+    from afd import AfdPoller, PollEvents
+
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(pairs):
+            sockets.extend(socket.socketpair())
+        cycles = 0
+        elapsed = 0.0
+        deadline = time.monotonic() + SECONDS
+        with AfdPoller() as poller:
+            for _round in range(100):
+                if time.monotonic() >= deadline:
+                    break
+                start = time.perf_counter()
+                for sock in sockets:
+                    poller.register(sock, PollEvents.IN)
+                for sock in sockets:
+                    poller.unregister(sock)
+                for _ in range(1000):  # drain the cancellations
+                    poller.poll(timeout=0)
+                    if not poller._port.pending_count:
+                        break
+                elapsed += time.perf_counter() - start
+                cycles += len(sockets)
+        return elapsed / cycles * 1e6
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def bench_echo(connections: int = 16, message: bytes = b"x" * 64) -> float:
+    """Round trips per second through one AfdSelector (clients and servers in one thread)."""
+    from afd import AfdSelector
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(connections)
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    try:
+        for _ in range(connections):
+            client = socket.create_connection(listener.getsockname()[:2], timeout=10)
+            server, _ = listener.accept()
+            client.setblocking(False)
+            server.setblocking(False)
+            pairs.append((client, server))
+        round_trips = 0
+        with AfdSelector() as selector:
+            for client, server in pairs:
+                selector.register(server, selectors.EVENT_READ, "server")
+                selector.register(client, selectors.EVENT_READ, "client")
+                client.send(message)
+            start = time.perf_counter()
+            deadline = time.monotonic() + SECONDS
+            while time.monotonic() < deadline and round_trips < 1_000_000:
+                ready = selector.select(timeout=5.0)
+                if not ready:
+                    raise RuntimeError("echo stalled")
+                for key, _events in ready:
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        data = sock.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    if key.data == "server":
+                        sock.send(data)  # small: the send buffer always has room
+                    else:
+                        round_trips += 1
+                        sock.send(message)
+            elapsed = time.perf_counter() - start
+        return round_trips / elapsed
+    finally:
+        for client, server in pairs:
+            client.close()
+            server.close()
+        listener.close()
+
+
+WORKLOADS: dict[str, Callable[[], float]] = {
+    "dequeue": lambda: bench_dequeue(False),
+    "dequeue-ops": lambda: bench_dequeue(True),
+    "arm+cancel": bench_arm_cancel,
+    "echo": bench_echo,
+}
+UNITS = {"dequeue": "completions/s", "dequeue-ops": "completions/s",
+         "arm+cancel": "µs/socket", "echo": "round trips/s"}
+HIGHER_IS_BETTER = {"dequeue": True, "dequeue-ops": True, "arm+cancel": False, "echo": True}
+
+
+def use(implementation: str) -> None:
+    """Switch this process between the implementations, for interleaved measurements.
+
+    The package picks one at import; ``iocp.port`` and ``afd.helper`` are the only modules that
+    call the speedups, through their module-level ``_native``.
+    """
+    import afd.helper
+    import iocp.port
+    from ntdll import speedups
+
+    native = speedups.native if implementation != "ctypes" else None
+    iocp.port._native = native  # type: ignore[attr-defined]
+    afd.helper._native = native  # type: ignore[attr-defined]
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def main() -> int:
+    global SECONDS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(WORKLOADS), help="cProfile one workload")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternations of the two implementations per workload")
+    parser.add_argument("--seconds", type=float, default=SECONDS,
+                        help="time bound of each measured loop")
+    args = parser.parse_args()
+    SECONDS = args.seconds
+    from ntdll import speedups
+
+    if args.profile:
+        print(f"implementation: {speedups.IMPLEMENTATION}")
+        profiler = cProfile.Profile()
+        value = profiler.runcall(WORKLOADS[args.profile])
+        print(f"{args.profile}: {value:,.1f} {UNITS[args.profile]}")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return 0
+    fast = speedups.IMPLEMENTATION
+    if fast == "ctypes":
+        print(f"the speedups are not loaded ({speedups.LOAD_ERROR}): build them with "
+              "tools/build-speedups.sh and put the build on the path")
+        return 1
+    print(f"{args.rounds} alternations per workload, {SECONDS:g} s each; medians "
+          f"[min-max]; ratio = {fast} over ctypes (>1: faster)")
+    print(f"{'workload':<12} {'unit':<14} {'ctypes':>26} {fast:>26}  ratio")
+    for name, workload in WORKLOADS.items():
+        figures: dict[str, list[float]] = {"ctypes": [], fast: []}
+        for _round in range(args.rounds):
+            for implementation in figures:
+                use(implementation)
+                figures[implementation].append(workload())
+        use(fast)
+        a, b = median(figures["ctypes"]), median(figures[fast])
+        ratio = b / a if HIGHER_IS_BETTER[name] else a / b
+        cells = [f"{median(v):,.1f} [{min(v):,.0f}-{max(v):,.0f}]" for v in figures.values()]
+        print(f"{name:<12} {UNITS[name]:<14} {cells[0]:>26} {cells[1]:>26}  {ratio:4.2f}x",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
