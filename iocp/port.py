@@ -220,6 +220,12 @@ class CompletionPort:
         view = entries if len(entries) == max_entries else (
             FILE_IO_COMPLETION_INFORMATION * max_entries).from_buffer(entries)
         count = nt.NtRemoveIoCompletionEx(self.handle, view, relative)
+        return self._complete_entries(view, count)
+
+    def _complete_entries(self, view: ctypes.Array[FILE_IO_COMPLETION_INFORMATION],
+                          count: int) -> list[Completion]:
+        """Pure ctypes: decode the first ``count`` entries the kernel wrote into ``view`` and
+        hand each completion to its operation."""
         completions: list[Completion] = []
         if not count:
             return completions
@@ -240,7 +246,12 @@ class CompletionPort:
     def _dequeue_native(self, relative: int | None, max_entries: int) -> list[Completion]:
         """:meth:`dequeue` with the C speedups: the batch is dequeued and decoded in C."""
         assert _native is not None
-        flat = _native.remove_completions(self.handle, max_entries, relative)
+        return self._complete_decoded(
+            _native.remove_completions(self.handle, max_entries, relative))
+
+    def _complete_decoded(self, flat: list[int]) -> list[Completion]:
+        """With the speedups: hand each completion decoded in C (``key, apc_context, status,
+        information`` per completion, flat) to its operation."""
         completions: list[Completion] = []
         if not flat:
             return completions

@@ -56,6 +56,7 @@ typedef struct {
 int ntafd_init(void);
 int ntafd_debug(void);
 int ntafd_in_flight(uintptr_t address);
+void ntafd_decode_completions(uintptr_t entries, uint32_t count, uint64_t *decoded);
 int32_t ntafd_remove_completions(uintptr_t port, uint32_t max_entries, int has_timeout,
                                  int64_t timeout, uint64_t *decoded, uint32_t *count);
 int32_t ntafd_afd_poll(uintptr_t helper, uintptr_t overlapped, uintptr_t info,

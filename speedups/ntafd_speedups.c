@@ -213,6 +213,24 @@ static int ntafd_debug(void)
 }
 
 /* ---- dequeue ----------------------------------------------------------------------------- */
+/* Decodes count entries (as NtRemoveIoCompletionEx wrote them) into 4 words each of decoded[]:
+ * KeyContext, ApcContext, the status as an unsigned 32-bit value (the upper half of the
+ * IO_STATUS_BLOCK's first word is the unused rest of its Pointer member), Information. */
+static void ntafd_decode_completions(uintptr_t entries_address, uint32_t count,
+                                     uint64_t *decoded)
+{
+    const NTAFD_FILE_IO_COMPLETION_INFORMATION *entries =
+        (const NTAFD_FILE_IO_COMPLETION_INFORMATION *)entries_address;
+    uint32_t i;
+    for (i = 0; i < count; i++) {
+        uint64_t *out = decoded + 4 * (size_t)i;
+        out[0] = (uint64_t)(uintptr_t)entries[i].KeyContext;
+        out[1] = (uint64_t)(uintptr_t)entries[i].ApcContext;
+        out[2] = (uint32_t)entries[i].IoStatusBlock.Status;
+        out[3] = entries[i].IoStatusBlock.Information;
+    }
+}
+
 #define NTAFD_STACK_ENTRIES 256
 
 /* Dequeues up to max_entries packets from port (NtRemoveIoCompletionEx, not alertable) and
@@ -226,7 +244,7 @@ static int32_t ntafd_remove_completions(uintptr_t port, uint32_t max_entries, in
     NTAFD_FILE_IO_COMPLETION_INFORMATION stack_entries[NTAFD_STACK_ENTRIES];
     NTAFD_FILE_IO_COMPLETION_INFORMATION *entries = stack_entries;
     LARGE_INTEGER due;
-    ULONG removed = 0, i;
+    ULONG removed = 0;
     int32_t status;
 
     *count = 0;
@@ -247,17 +265,15 @@ static int32_t ntafd_remove_completions(uintptr_t port, uint32_t max_entries, in
             removed = 0;
         }
 #endif
-        for (i = 0; i < removed; i++) {
-            uint64_t *out = decoded + 4 * (size_t)i;
-            out[0] = (uint64_t)(uintptr_t)entries[i].KeyContext;
-            out[1] = (uint64_t)(uintptr_t)entries[i].ApcContext;
-            out[2] = (uint32_t)entries[i].IoStatusBlock.Status;
-            out[3] = entries[i].IoStatusBlock.Information;
+        ntafd_decode_completions((uintptr_t)entries, removed, decoded);
 #ifdef NTAFD_DEBUG
-            if (out[1])
-                in_flight_remove((uintptr_t)out[1]);
-#endif
+        {
+            ULONG i;
+            for (i = 0; i < removed; i++)
+                if (entries[i].ApcContext)
+                    in_flight_remove((uintptr_t)entries[i].ApcContext);
         }
+#endif
         *count = removed;
     }
     if (entries != stack_entries)
