@@ -56,21 +56,30 @@ def socket_handle(sock: SocketLike | int) -> int:
     return value
 
 
-def base_socket_handle(sock: SocketLike | int) -> int:
-    """The base (AFD) handle of ``sock`` (a socket object or its handle).
-
-    Raises ``ValueError`` for a closed socket object and :class:`NotASocketError` if no lookup
-    works (for a non-socket, ``winerror`` is ``WSAENOTSOCK``, 10038).
-    """
-    handle = socket_handle(sock)
-    # Wine 8.0 answers SIO_BASE_HANDLE for any handle, socket or not, with the handle itself;
-    # a socket call that needs a real socket (Windows fails SIO_BASE_HANDLE alike) tells first.
+def check_socket(handle: int) -> None:
+    """Raise :class:`NotASocketError` unless ``handle`` is a socket (``getsockopt(SO_TYPE)``
+    succeeds)."""
     try:
         nt.getsockopt_int(handle, SOL_SOCKET, SO_TYPE)
     except OSError as error:
         winerror = getattr(error, "winerror", None) or 0
         _raise(handle, "is not a socket" if winerror == WSAENOTSOCK else "is not a usable socket",
                [f"getsockopt(SO_TYPE): Win32 error {winerror}"], winerror)
+
+
+def base_socket_handle(sock: SocketLike | int, *, verify: bool = True) -> int:
+    """The base (AFD) handle of ``sock`` (a socket object or its handle).
+
+    Raises ``ValueError`` for a closed socket object and :class:`NotASocketError` if no lookup
+    works (for a non-socket, ``winerror`` is ``WSAENOTSOCK``, 10038). ``verify=False`` skips
+    the :func:`check_socket` that only Wine needs (see below), for a caller that is about to
+    find out anyway: an AFD poll naming a non-socket fails.
+    """
+    handle = socket_handle(sock)
+    # Wine 8.0 answers SIO_BASE_HANDLE for any handle, socket or not, with the handle itself;
+    # a socket call that needs a real socket (Windows fails SIO_BASE_HANDLE alike) tells first.
+    if verify:
+        check_socket(handle)
     failures: list[str] = []
     first_error = 0
     for name, code in _LOOKUPS:

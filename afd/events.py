@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 
 from .flags import AfdPollEvents
 
@@ -37,6 +38,12 @@ def afd_events_for(events: PollEvents | int) -> AfdPollEvents:
     Never ``AFD_POLL_CONNECT``: it is reported by every poll once connected (trio#52).
     ``ABORT``, ``LOCAL_CLOSE`` and ``CONNECT_FAIL`` are always watched when anything is.
     """
+    return _afd_events_for(int(events))
+
+
+@functools.lru_cache(maxsize=256)
+def _afd_events_for(events: int) -> AfdPollEvents:
+    # Flag arithmetic costs microseconds per operator; the poller asks this for every poll.
     wanted = A(0)
     if events & PollEvents.IN:
         wanted |= A.RECEIVE | A.ACCEPT | A.DISCONNECT
@@ -53,6 +60,11 @@ def poll_events_from(reported: AfdPollEvents | int, interest: PollEvents | int) 
     """The readiness to report for AFD events ``reported`` on a socket registered for
     ``interest``: as Linux reports it (a reset is readable, writable, ERR and HUP; a failed
     connect readable, writable and ERR), limited to ``interest`` plus ERR and HUP."""
+    return _poll_events_from(int(reported), int(interest))
+
+
+@functools.lru_cache(maxsize=4096)
+def _poll_events_from(reported: int, interest: int) -> PollEvents:
     ready = PollEvents(0)
     if reported & (A.RECEIVE | A.ACCEPT):
         ready |= PollEvents.IN

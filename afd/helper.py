@@ -21,7 +21,7 @@ from ntdll import functions as nt
 from ntdll.speedups import native as _native
 from ntdll.structures import OVERLAPPED
 
-from .flags import IOCTL_AFD_POLL, AfdPollEvents
+from .flags import IOCTL_AFD_POLL
 from .structures import AFD_POLL_INFO, NO_TIMEOUT, PollEntry, build_poll_info, read_poll_info
 
 __all__ = ["AfdHelperHandle", "AfdPollOperation", "open_afd_device"]
@@ -57,19 +57,19 @@ class AfdPollOperation(Operation):
         assert isinstance(buffer, ctypes.Structure)
         return read_poll_info(buffer)
 
-    def reported_events(self) -> AfdPollEvents:
-        """The OR of the events of :attr:`results` (0 if cancelled or failed): the poller's
-        hot path, read in C with the speedups."""
+    def reported_events(self) -> int:
+        """The OR of the ``AfdPollEvents`` bits of :attr:`results`, as an ``int`` (0 if
+        cancelled or failed): the poller's hot path, read in C with the speedups."""
         if not self.succeeded:
-            return AfdPollEvents(0)
+            return 0
         buffer = self.buffer
         assert isinstance(buffer, ctypes.Structure)
         if _native is not None:
-            return AfdPollEvents(_native.afd_poll_events(buffer))
+            return _native.afd_poll_events(buffer)
         events = 0
         for entry in read_poll_info(buffer):
-            events |= entry.events
-        return AfdPollEvents(events)
+            events |= int(entry.events)
+        return events
 
 
 class AfdHelperHandle:

@@ -19,8 +19,9 @@ from types import TracebackType
 
 from iocp import WAKEUP_KEY, Completion, CompletionPort, validate_timeout
 from ntdll import NtStatusError
+from ntdll.status import STATUS_INVALID_HANDLE, STATUS_OBJECT_TYPE_MISMATCH
 
-from .base_handle import SocketLike, base_socket_handle, socket_handle
+from .base_handle import SocketLike, base_socket_handle, check_socket, socket_handle
 from .events import PollEvents, afd_events_for, poll_events_from
 from .flags import AfdPollEvents
 from .helper import AfdHelperHandle, AfdPollOperation
@@ -33,7 +34,9 @@ cost of a cancel grows with the polls pending on the handle): to be fixed by mea
 
 DEFAULT_MAX_EVENTS = 1024
 
-_NO_EVENTS = AfdPollEvents(0)
+_LOCAL_CLOSE = int(AfdPollEvents.LOCAL_CLOSE)
+# What an AFD poll naming a non-socket fails with (seen under Wine: F11).
+_NOT_A_SOCKET = frozenset({STATUS_INVALID_HANDLE, STATUS_OBJECT_TYPE_MISMATCH})
 
 
 class PollerClosedError(ValueError):
@@ -57,7 +60,7 @@ class _Registration:
     oneshot: bool
     group: _PollGroup
     poll: AfdPollOperation | None = None
-    asked: AfdPollEvents = _NO_EVENTS
+    asked: int = 0  # the AFD events the pending poll asks for
     cancelling: bool = False
     deleted: bool = False
 
@@ -77,7 +80,9 @@ class AfdPoller:
         self._lock = threading.RLock()
         self._registered: dict[int, _Registration] = {}
         self._groups: list[_PollGroup] = []
+        self._groups_with_room: dict[_PollGroup, None] = {}  # insertion-ordered set
         self._rearm: dict[_Registration, None] = {}
+        self._outstanding = 0
         self._closed = False
 
     # -- registration ---------------------------------------------------------------------
@@ -93,16 +98,20 @@ class AfdPoller:
             self._check_open()
             if handle in self._registered:
                 raise FileExistsError(f"socket {handle:#x} is already registered")
-            base = base_socket_handle(handle)
-            group = self._group_with_room()
-            registration = _Registration(handle, base, PollEvents(events), data, oneshot, group)
-            group.members += 1
+            interest = PollEvents(events)
+            # With a poll to issue, a non-socket is found by the poll itself (one call fewer).
+            polls_now = bool(afd_events_for(interest))
+            base = base_socket_handle(handle, verify=not polls_now)
+            group = self._join_group()
+            registration = _Registration(handle, base, interest, data, oneshot, group)
             self._registered[handle] = registration
             try:
                 self._update(registration, raise_errors=True)
-            except BaseException:
+            except BaseException as error:
                 del self._registered[handle]
-                group.members -= 1
+                self._leave_group(group)
+                if isinstance(error, NtStatusError) and error.ntstatus in _NOT_A_SOCKET:
+                    check_socket(handle)  # raises NotASocketError, saying what the handle is
                 raise
 
     def modify(self, sock: SocketLike | int, events: PollEvents | int, data: object = None,
@@ -141,23 +150,31 @@ class AfdPoller:
             raise FileNotFoundError(f"socket {handle:#x} is not registered")
         return registration
 
-    def _group_with_room(self) -> _PollGroup:
-        for group in self._groups:
-            if group.members < self._group_size:
-                return group
-        group = _PollGroup(self._port, len(self._groups) + 1)
-        self._groups.append(group)
+    def _join_group(self) -> _PollGroup:
+        """A poll group with room for one more socket (a new helper handle if none has)."""
+        group = next(iter(self._groups_with_room), None)
+        if group is None:
+            group = _PollGroup(self._port, len(self._groups) + 1)
+            self._groups.append(group)
+            self._groups_with_room[group] = None
+        group.members += 1
+        if group.members >= self._group_size:
+            del self._groups_with_room[group]
         return group
 
+    def _leave_group(self, group: _PollGroup) -> None:
+        group.members -= 1
+        self._groups_with_room[group] = None
+
     def _free(self, registration: _Registration) -> None:
-        registration.group.members -= 1
+        self._leave_group(registration.group)
 
     # -- issuing polls ----------------------------------------------------------------------
     def _update(self, registration: _Registration, raise_errors: bool = False) -> None:
         """Make the socket's outstanding poll match its interest (called under the lock)."""
         if registration.deleted:
             return
-        wanted = afd_events_for(registration.interest)
+        wanted = int(afd_events_for(registration.interest))
         if registration.poll is not None:
             if registration.cancelling:
                 return  # the new poll is issued when the cancellation is dequeued
@@ -179,6 +196,7 @@ class AfdPoller:
             self._drop_closed(registration)
             return
         registration.asked = wanted
+        self._outstanding += 1
 
     def _cancel(self, registration: _Registration) -> None:
         assert registration.poll is not None
@@ -238,9 +256,10 @@ class AfdPoller:
 
     def _complete(self, registration: _Registration,
                   operation: AfdPollOperation) -> PollEvents:
+        self._outstanding -= 1
         registration.poll = None
         registration.cancelling = False
-        registration.asked = AfdPollEvents(0)
+        registration.asked = 0
         if registration.deleted:
             self._free(registration)
             return PollEvents(0)
@@ -252,7 +271,7 @@ class AfdPoller:
             # and do not re-arm, which would fail again at once.
             return PollEvents.IN | PollEvents.OUT | PollEvents.ERR
         reported = operation.reported_events()
-        if reported & AfdPollEvents.LOCAL_CLOSE:
+        if reported & _LOCAL_CLOSE:
             self._drop_closed(registration)
             return PollEvents(0)
         events = poll_events_from(reported, registration.interest)
@@ -275,7 +294,14 @@ class AfdPoller:
             raise PollerClosedError("operation on a closed AfdPoller")
 
     def __len__(self) -> int:
+        """The number of registered sockets."""
         return len(self._registered)
+
+    @property
+    def outstanding_polls(self) -> int:
+        """AFD polls issued and not yet dequeued: requests whose memory the kernel still owns
+        (including cancelled ones, and those of sockets already unregistered)."""
+        return self._outstanding
 
     def close(self) -> None:
         """Cancel every poll, release the helper handles and the port. Idempotent."""
@@ -289,6 +315,8 @@ class AfdPoller:
                 group.helper.close()  # the kernel cancels the polls pending on it
             self._port.close()  # dequeues those cancellations
             self._groups.clear()
+            self._groups_with_room.clear()
+            self._outstanding = 0
 
     def __enter__(self) -> AfdPoller:
         return self

@@ -31,9 +31,16 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 SECONDS = float(os.environ.get("NTAFD_BENCH_SECONDS", "2.0"))
 """Time bound of each measured loop (each also has a count bound)."""
+
+if TYPE_CHECKING:
+    from ntdll.speedups import NativeCalls
+
+_current: NativeCalls | None = None
+"""The implementation :func:`use` selected (``None``: pure ctypes)."""
 
 
 def bench_dequeue(with_operations: bool) -> float:
@@ -74,7 +81,6 @@ def bench_decode() -> float:
     of the dequeue loop the implementations differ in; under Wine the kernel call itself costs
     a wineserver round trip per entry and hides it."""
     from iocp import CompletionPort
-    from iocp import port as port_module
     from ntdll.structures import FILE_IO_COMPLETION_INFORMATION
 
     count = 128
@@ -83,7 +89,7 @@ def bench_decode() -> float:
         entry.KeyContext = 1
         entry.IoStatusBlock.Status = 0
         entry.IoStatusBlock.Information = index
-    native = port_module._native
+    native = _current
     decoded = 0
     with CompletionPort() as port:
         start = time.perf_counter()
@@ -203,9 +209,10 @@ def use(implementation: str) -> None:
     import iocp.port
     from ntdll import speedups
 
-    native = speedups.native if implementation != "ctypes" else None
-    iocp.port._native = native  # type: ignore[attr-defined]
-    afd.helper._native = native  # type: ignore[attr-defined]
+    global _current
+    _current = speedups.native if implementation != "ctypes" else None
+    iocp.port._native = _current  # type: ignore[attr-defined]
+    afd.helper._native = _current  # type: ignore[attr-defined]
 
 
 def median(values: list[float]) -> float:
@@ -226,6 +233,7 @@ def main() -> int:
     SECONDS = args.seconds
     from ntdll import speedups
 
+    use(speedups.IMPLEMENTATION)
     if args.profile:
         print(f"implementation: {speedups.IMPLEMENTATION}")
         profiler = cProfile.Profile()

@@ -8,12 +8,14 @@ import threading
 from collections.abc import Iterator
 
 
-def listening_socket() -> socket.socket:
-    """A non-blocking TCP socket listening on an ephemeral 127.0.0.1 port."""
+def listening_socket(backlog: int = 16) -> socket.socket:
+    """A non-blocking TCP socket listening on an ephemeral 127.0.0.1 port.
+
+    The backlog is set here: on Windows a second ``listen`` does not change it."""
     listener = socket.socket()
     try:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
+        listener.listen(backlog)
         listener.setblocking(False)
     except BaseException:
         listener.close()

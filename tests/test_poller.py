@@ -113,6 +113,89 @@ def test_register_from_another_thread_while_polling(
         assert result == [("late", P.IN)]
 
 
+def test_unregistered_state_lives_until_its_cancellation_is_dequeued(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, _ = connected_pair
+    with AfdPoller() as poller:
+        poller.register(first, P.IN)
+        assert poller.outstanding_polls == 1
+        poller.unregister(first)
+        assert len(poller) == 0
+        assert poller.outstanding_polls == 1  # cancelled, but the kernel owns it until dequeued
+        assert poller.poll(timeout=0.5) == []
+        assert poller.outstanding_polls == 0
+
+
+def test_modify_from_another_thread_while_polling(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    """The pending IN poll is cancelled by the other thread's modify; the blocked poll picks up
+    the cancellation, issues the OUT poll and reports the socket writable."""
+    first, _ = connected_pair
+    with AfdPoller() as poller:
+        poller.register(first, P.IN, data="reading")
+        timer = threading.Timer(0.2, poller.modify, args=(first, P.OUT, "writing"))
+        timer.start()
+        result = poller.poll(timeout=10)
+        timer.join()
+        assert result == [("writing", P.OUT)]
+
+
+def test_unregister_from_another_thread_while_polling(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    first, second = connected_pair
+    with AfdPoller() as poller:
+        poller.register(first, P.IN, data="gone")
+        poller.register(second, P.IN, data="stays")
+
+        def unregister_then_send() -> None:
+            poller.unregister(first)
+            second.send(b"to first")   # first becomes readable: it must not be reported
+            first.send(b"to second")
+
+        timer = threading.Timer(0.2, unregister_then_send)
+        timer.start()
+        result = poller.poll(timeout=10)
+        timer.join()
+        assert result == [("stays", P.IN)]
+        assert len(poller) == 1
+        second.recv(100)
+        assert poller.poll(timeout=0.3) == []
+
+
+def test_modify_storm_from_another_thread_keeps_the_last_interest(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    """One thread flips the interest 300 times while another polls; afterwards the poller
+    reports exactly what the last modify asked for."""
+    first, _ = connected_pair
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with AfdPoller() as poller:
+        poller.register(first, P.IN, data=("start", P.IN))
+
+        def polling() -> None:
+            try:
+                while not stop.is_set():
+                    for data, events in poller.poll(timeout=0.05):
+                        assert isinstance(data, tuple)
+                        asked = data[1]
+                        assert events & ~(asked | P.ERR | P.HUP) == 0, (asked, events)
+            except BaseException as error:  # reported by the main thread
+                errors.append(error)
+
+        thread = threading.Thread(target=polling)
+        thread.start()
+        for turn in range(300):
+            interest = P.OUT if turn % 2 else P.IN
+            poller.modify(first, interest, data=(turn, interest))
+        poller.modify(first, P.IN, data=("last", P.IN))  # nothing to read: must stay silent
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive() and errors == []
+        assert poller.poll(timeout=0.3) == []
+        poller.modify(first, P.OUT, data=("final", P.OUT))
+        assert poller.poll(timeout=5) == [(("final", P.OUT), P.OUT)]
+
+
 def test_two_thousand_sockets_beyond_select_ceiling() -> None:
     pairs = [socket.socketpair() for _ in range(1000)]
     try:
@@ -147,6 +230,22 @@ def test_errors_are_the_named_ones(connected_pair: tuple[socket.socket, socket.s
     poller.close()
     with pytest.raises(PollerClosedError):
         poller.register(first, P.IN)
+
+
+@pytest.mark.parametrize("events", [P.IN, P(0)], ids=["polling", "no-interest"])
+def test_registering_a_non_socket_is_a_clear_error(events: PollEvents) -> None:
+    from afd import NotASocketError
+    from ntdll import functions as nt
+
+    event = nt.CreateEventW(True, False)
+    try:
+        with AfdPoller() as poller:
+            with pytest.raises(NotASocketError, match="is not a socket") as raised:
+                poller.register(event, events)
+            assert getattr(raised.value, "winerror", None) == 10038
+            assert len(poller) == 0 and poller.outstanding_polls == 0
+    finally:
+        nt.CloseHandle(event)
 
 
 def test_register_unregister_cycles_leak_no_handle(

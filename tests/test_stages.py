@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-STAGES = ["stage0_wake", "stage1_accept", "stage1_iocp", "stage2_echo"]
+STAGES = ["stage0_wake", "stage1_accept", "stage1_iocp", "stage2_echo", "stage3_stress"]
 
 
 def run_stage(stage: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", f"poc.{stage}"], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.windows
