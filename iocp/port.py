@@ -8,8 +8,9 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from itertools import repeat
 from types import TracebackType
+from typing import NamedTuple
 
 from ntdll import functions as nt
 from ntdll import status as ntstatus
@@ -45,13 +46,16 @@ class PortClosedError(ValueError):
     """The completion port was used after ``close()``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One dequeued completion packet.
+class Completion(NamedTuple):
+    """One dequeued completion packet (immutable).
 
     ``operation`` is the :class:`Operation` whose request completed (now ``COMPLETED``), or
     ``None`` for a packet posted without one. ``apc_context`` is the raw ``ApcContext`` the
     kernel returned, kept for diagnostics (it equals ``operation.apc_context``).
+
+    A named tuple rather than a frozen dataclass: one is built per completion in the dequeue
+    loop, and a tuple is built about three times faster (it is most of the loop's cost once the
+    entries are decoded in C).
     """
 
     key: int
@@ -63,6 +67,12 @@ class Completion:
     @property
     def tag(self) -> object:
         return self.operation.tag if self.operation is not None else None
+
+
+_new_completion: Callable[
+    [type[Completion], tuple[int, int, int, Operation | None, int]], Completion
+] = tuple.__new__
+"""``tuple.__new__``: builds a :class:`Completion` from its fields without a Python call."""
 
 
 class CompletionPort:
@@ -251,21 +261,25 @@ class CompletionPort:
 
     def _complete_decoded(self, flat: list[int]) -> list[Completion]:
         """With the speedups: hand each completion decoded in C (``key, apc_context, status,
-        information`` per completion, flat) to its operation."""
-        completions: list[Completion] = []
+        information`` per completion, flat) to its operation.
+
+        Column by column, with C-level iteration (slices, ``map``): per completion this is
+        about a third of a Python loop's cost.
+        """
         if not flat:
-            return completions
-        pop = self._pending.pop
-        append = completions.append
-        words = iter(flat)
+            return []
+        keys, apc_contexts = flat[0::4], flat[1::4]
+        statuses, informations = flat[2::4], flat[3::4]
         with self._lock:
-            for key, apc_context, status, information in zip(words, words, words, words,
-                                                              strict=True):
-                operation = pop(apc_context, None) if apc_context else None
+            # An ApcContext of 0 (a packet posted without an operation) is never a key.
+            operations = list(map(self._pending.pop, apc_contexts, repeat(None)))
+            for operation, status, information in zip(operations, statuses, informations,
+                                                      strict=True):
                 if operation is not None:
                     operation._complete(status, information)
-                append(Completion(key, status, information, operation, apc_context))
-        return completions
+        return list(map(_new_completion, repeat(Completion),
+                        zip(keys, statuses, informations, operations, apc_contexts,
+                            strict=True)))
 
     # -- closing --------------------------------------------------------------------------
     def close(self) -> None:
