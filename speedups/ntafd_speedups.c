@@ -320,8 +320,8 @@ static int32_t ntafd_afd_poll(uintptr_t helper, uintptr_t overlapped, uintptr_t 
                                      (NTAFD_IO_STATUS_BLOCK *)request, NTAFD_IOCTL_AFD_POLL,
                                      poll, sizeof *poll, poll, sizeof *poll);
 #ifdef NTAFD_DEBUG
-    if (status < 0 && (status & 0xC0000000) == (int32_t)0xC0000000)
-        in_flight_remove(overlapped); /* an error status: nothing will be queued */
+    if (((uint32_t)status >> 30) == 3)  /* error severity: nothing will be queued */
+        in_flight_remove(overlapped);
 #endif
     return status;
 }

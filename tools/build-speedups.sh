@@ -41,7 +41,7 @@ for variant in "${variants[@]}"; do
     rm -f "$pyd" "$out/STAMP"
     "$venv_python" "$here/speedups/build.py" "$out/_ntafd_speedups.c" >/dev/null
     echo "build-speedups: $variant: x86_64-w64-mingw32-gcc ${flags[*]}"
-    x86_64-w64-mingw32-gcc -shared -DMS_WIN64 "${flags[@]}" -Wall -Wno-unused-function \
+    x86_64-w64-mingw32-gcc -shared -DMS_WIN64 "${flags[@]}" -Wall -Wextra -Wno-unused-parameter -Wno-unused-function \
         -I"$headers/Include" -I"$headers/PC" \
         "$out/_ntafd_speedups.c" -o "$pyd" -L"$pydir" -lpython311
     echo "$stamp" >"$out/STAMP"
