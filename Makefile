@@ -1,6 +1,8 @@
 # Two commands on a fresh Debian machine (root, package registries only):
 #   make verify   runs python -m poc.stage1_iocp (under Wine 8.0 here; plain python on Windows)
-#   make test     runs every check: ruff, mypy (linux + win32), the Linux pytest leg, the Wine leg
+#   make test     runs every check: ruff, mypy (linux + win32), the Linux pytest leg, the Wine
+#                 legs (pure ctypes; the C speedups, Debug and optimized, cross-built first)
+#   make bench    runs every benchmark and rewrites bench/results/ and the README's table
 # Both install what they need (Debian packages, the Windows python, wheels) into .cache/,
 # idempotently.
 
@@ -21,9 +23,12 @@ verify:
 test:
 	@bash tools/run-tests.sh
 
+bench:
+	@bash tools/run-bench.sh
+
 endif
 
 clean:
 	rm -rf .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-.PHONY: verify test clean
+.PHONY: verify test bench clean

@@ -60,6 +60,8 @@ class Figure:
     better: Better
     values: list[float] = field(default_factory=list)
     note: str = ""
+    reference: bool = False
+    """Shown for context, not a peer: no ratio is taken to or from it."""
 
     @property
     def median(self) -> float:
@@ -88,9 +90,10 @@ class Results:
               flush=True)
 
     def measure(self, benchmark: str, case: str, subject: str, unit: str, better: Better,
-                run: Callable[[], float], runs: int, note: str = "") -> Figure:
+                run: Callable[[], float], runs: int, note: str = "",
+                reference: bool = False) -> Figure:
         """Call ``run`` (one bounded run returning its figure) ``runs`` times."""
-        figure = Figure(benchmark, case, subject, unit, better, note=note)
+        figure = Figure(benchmark, case, subject, unit, better, note=note, reference=reference)
         for _ in range(runs):
             figure.values.append(run())
         self.figures.append(figure)
@@ -98,9 +101,9 @@ class Results:
         return figure
 
     def record(self, benchmark: str, case: str, subject: str, unit: str, better: Better,
-               values: list[float], note: str = "") -> Figure:
+               values: list[float], note: str = "", reference: bool = False) -> Figure:
         """Add a figure whose runs were measured alongside another's."""
-        figure = Figure(benchmark, case, subject, unit, better, list(values), note)
+        figure = Figure(benchmark, case, subject, unit, better, list(values), note, reference)
         self.figures.append(figure)
         print(f"  {benchmark} / {case} / {figure.text()}", flush=True)
         return figure
@@ -117,7 +120,8 @@ class Results:
         """``ours`` relative to each peer (default: every other subject) of one case, as
         "times better" (>1 = ours is better), printed."""
         figures = {f.subject: f for f in self.figures
-                   if f.benchmark == benchmark and f.case == case and f.values}
+                   if f.benchmark == benchmark and f.case == case and f.values
+                   and not f.reference}
         mine = figures.get(ours)
         result: dict[str, float] = {}
         if mine is None:

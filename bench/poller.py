@@ -111,7 +111,8 @@ def bench_arm_cancel(results: Results, runs: int) -> None:
             results.unavailable("arm_cancel", case, "trio", "µs/socket", "lower",
                                 "trio is not installed (tools/install-bench.sh)")
         results.measure("arm_cancel", case, "select", "µs/socket", "lower",
-                        lambda: select_arm_cancel(sockets), runs, note="one select() call")
+                        lambda: select_arm_cancel(sockets), runs, reference=True,
+                        note="one select() call on all of them, for scale")
         results.ratios("arm_cancel", case, "AfdPoller", peers=["trio"])
     finally:
         close_all(pairs)
@@ -237,7 +238,8 @@ def bench_scale(results: Results, runs: int) -> None:
 
             results.measure("scale", case, "AfdPoller", "µs/round", "lower", ours, runs)
             results.record("scale", case, "AfdPoller (this process's CPU)", "µs/round", "lower",
-                           cpu, note="excludes wineserver: the poller's own work")
+                           cpu, reference=True,
+                           note="excludes wineserver's work for this process")
             if have_trio:
                 results.measure("scale", case, "trio", "µs/round", "lower",
                                 lambda total=total: trio_round_cost(pairs, total), runs)  # type: ignore[misc]

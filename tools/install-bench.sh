@@ -18,3 +18,8 @@ if [ ! -f "$stamp" ]; then
         --platform win_amd64 --python-version 3.11 --implementation cp "${wheels[@]}"
     touch "$stamp"
 fi
+# matplotlib draws the charts on the Linux side (bench/report.py); bench-only.
+if ! "$here/.cache/venv/bin/python" -c "import matplotlib" 2>/dev/null; then
+    echo "install-bench: installing matplotlib into the Linux venv"
+    "$here/.cache/venv/bin/python" -m pip install -q matplotlib
+fi

@@ -1,0 +1,278 @@
+"""TCP echo on 127.0.0.1: asyncio on AfdSelector against asyncio's Proactor loop, asyncio on
+``select()`` (SelectSelector) and trio, each running its own server and clients in one loop.
+
+Cases (each figure the median of ``--runs`` runs, every run bounded in time and count):
+
+- ``ping-pong``: one connection, 64-byte messages, round trips per second;
+- ``streaming``: one connection, 64 KiB writes echoed back while the client keeps writing,
+  MB/s of echoed data;
+- ``1000 connections``: 1,000 clients connect at once and do 3 round trips each, seconds for
+  all of it. ``select()`` cannot take 2,000 sockets: that figure is its error.
+
+asyncio subjects use the streams API (what applications use). Run: ``tools/winpy -m
+bench.echo`` (``make bench`` runs every benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import selectors
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .common import Results, under_wine
+from .trio_support import import_trio
+
+MESSAGE = b"m" * 64
+CHUNK = 64 * 1024
+PING_PONG_SECONDS = 2.0
+PING_PONG_MAX = 50_000
+STREAM_BYTES = 16 * 1024 * 1024
+STREAM_SECONDS = 10.0
+CONNECTIONS = 1000
+ROUND_TRIPS = 3
+OURS = "asyncio+AfdSelector"
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+async def _asyncio_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _asyncio_server() -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(_asyncio_echo, "127.0.0.1", 0, backlog=2048)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _asyncio_ping_pong() -> float:
+    server, port = await _asyncio_server()
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        done = 0
+        deadline = time.perf_counter() + PING_PONG_SECONDS
+        started = time.perf_counter()
+        while done < PING_PONG_MAX and time.perf_counter() < deadline:
+            writer.write(MESSAGE)
+            await reader.readexactly(len(MESSAGE))
+            done += 1
+        elapsed = time.perf_counter() - started
+        writer.close()
+        await writer.wait_closed()
+    return done / elapsed
+
+
+async def _asyncio_streaming() -> float:
+    server, port = await _asyncio_server()
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        chunk = b"s" * CHUNK
+        deadline = time.perf_counter() + STREAM_SECONDS
+        started = time.perf_counter()
+
+        async def send() -> int:
+            sent = 0
+            while sent < STREAM_BYTES and time.perf_counter() < deadline:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+            writer.write_eof()
+            return sent
+
+        async def receive() -> int:
+            received = 0
+            while data := await reader.read(CHUNK):
+                received += len(data)
+            return received
+
+        sent, received = await asyncio.gather(send(), receive())
+        elapsed = time.perf_counter() - started
+        assert received == sent, (received, sent)
+        writer.close()
+    return received / elapsed / 1e6
+
+
+async def _asyncio_many() -> float:
+    server, port = await _asyncio_server()
+    async with server:
+        started = time.perf_counter()
+
+        async def client() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(ROUND_TRIPS):
+                writer.write(MESSAGE)
+                await reader.readexactly(len(MESSAGE))
+            writer.close()
+            await writer.wait_closed()
+
+        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(CONNECTIONS))), 120)
+        return time.perf_counter() - started
+
+
+def _asyncio_runner(make_loop: Callable[[], asyncio.AbstractEventLoop]
+                    ) -> Callable[[Callable[[], Any]], float]:
+    def run(body: Callable[[], Any]) -> float:
+        loop = make_loop()
+        try:
+            result: float = loop.run_until_complete(body())
+            return result
+        finally:
+            loop.close()
+    return run
+
+
+# -- trio ------------------------------------------------------------------------------------
+def _trio_case(case: str) -> float:
+    trio = import_trio()
+
+    async def echo(stream: Any) -> None:
+        try:
+            while data := await stream.receive_some(CHUNK):
+                await stream.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await stream.aclose()
+
+    async def main() -> float:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                lambda task_status: trio.serve_tcp(echo, 0, host="127.0.0.1", backlog=2048,
+                                                   task_status=task_status))
+            port = listeners[0].socket.getsockname()[1]
+            result = await {"ping-pong": ping_pong, "streaming": streaming,
+                            "1000 connections": many}[case](port)
+            nursery.cancel_scope.cancel()
+        return result
+
+    async def receive_exactly(stream: Any, size: int) -> None:
+        got = 0
+        while got < size:
+            got += len(await stream.receive_some(size - got))
+
+    async def ping_pong(port: int) -> float:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        done = 0
+        deadline = time.perf_counter() + PING_PONG_SECONDS
+        started = time.perf_counter()
+        while done < PING_PONG_MAX and time.perf_counter() < deadline:
+            await stream.send_all(MESSAGE)
+            await receive_exactly(stream, len(MESSAGE))
+            done += 1
+        elapsed = time.perf_counter() - started
+        await stream.aclose()
+        return done / elapsed
+
+    async def streaming(port: int) -> float:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        chunk = b"s" * CHUNK
+        totals = {"sent": 0, "received": 0}
+        deadline = time.perf_counter() + STREAM_SECONDS
+        started = time.perf_counter()
+
+        async def send() -> None:
+            while totals["sent"] < STREAM_BYTES and time.perf_counter() < deadline:
+                await stream.send_all(chunk)
+                totals["sent"] += len(chunk)
+            await stream.send_eof()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(send)
+            while data := await stream.receive_some(CHUNK):
+                totals["received"] += len(data)
+        elapsed = time.perf_counter() - started
+        assert totals["received"] == totals["sent"], totals
+        await stream.aclose()
+        return totals["received"] / elapsed / 1e6
+
+    async def many(port: int) -> float:
+        started = time.perf_counter()
+
+        async def client() -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            for _ in range(ROUND_TRIPS):
+                await stream.send_all(MESSAGE)
+                await receive_exactly(stream, len(MESSAGE))
+            await stream.aclose()
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as clients:
+                for _ in range(CONNECTIONS):
+                    clients.start_soon(client)
+        return time.perf_counter() - started
+
+    result: float = trio.run(main)
+    return result
+
+
+# -- driver ----------------------------------------------------------------------------------
+CASES: dict[str, tuple[str, str, Any]] = {
+    "ping-pong": ("round trips/s", "higher", _asyncio_ping_pong),
+    "streaming": ("MB/s", "higher", _asyncio_streaming),
+    "1000 connections": ("s", "lower", _asyncio_many),
+}
+
+
+def asyncio_subjects() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    from afd.asyncio_loop import new_event_loop
+
+    return {
+        OURS: new_event_loop,
+        "asyncio Proactor": asyncio.ProactorEventLoop,  # type: ignore[attr-defined]
+        "asyncio SelectSelector": lambda: asyncio.SelectorEventLoop(selectors.SelectSelector()),
+    }
+
+
+def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
+    have_trio = import_trio(optional=True) is not None
+    for case in cases:
+        unit, better, body = CASES[case]
+        for subject, make_loop in asyncio_subjects().items():
+            runner = _asyncio_runner(make_loop)
+            if case == "1000 connections" and subject == "asyncio SelectSelector":
+                try:
+                    runner(body)
+                except ValueError as error:  # select() on more than 512 sockets
+                    results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
+                                        f"fails: {error}")
+                    continue
+            results.measure("echo", case, subject, unit, better,  # type: ignore[arg-type]
+                            lambda runner=runner, body=body: runner(body), runs)  # type: ignore[misc]
+        if have_trio:
+            results.measure("echo", case, "trio", unit, better,  # type: ignore[arg-type]
+                            lambda case=case: _trio_case(case), runs,  # type: ignore[misc]
+                            note="patched to SIO_BASE_HANDLE under Wine" if under_wine() else "")
+        else:
+            results.unavailable("echo", case, "trio", unit, better,  # type: ignore[arg-type]
+                                "trio is not installed (tools/install-bench.sh)")
+        results.ratios("echo", case, OURS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (median)")
+    parser.add_argument("--case", choices=list(CASES), action="append",
+                        help="run only these cases (default: all)")
+    parser.add_argument("--json", help="write the raw results to this file")
+    arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if sys.platform != "win32":
+        print("bench.echo compares Windows event loops: run it with tools/winpy -m bench.echo")
+        return 2
+    results = Results("echo")
+    run_all(results, arguments.runs, arguments.case or list(CASES))
+    results.write(arguments.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make bench`: installs what the benchmarks need, runs every benchmark in bench/ (the Windows
+# ones under Wine with the official Windows CPython, the Linux ones natively), each writing its
+# raw results as JSON into .cache/bench/results/, then bench/report.py turns them into
+# bench/results/{results.json,results.md,*.png} and rewrites the README's results section.
+# Every benchmark bounds its loops in time and count and stays on 127.0.0.1.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+bash tools/install-bench.sh || exit 1
+results="$here/.cache/bench/results"
+rm -rf "$results"
+mkdir -p "$results"
+winpath() { printf 'Z:%s' "${1//\//\\}"; }
+export NTAFD_WINE_PYTHONPATH
+NTAFD_WINE_PYTHONPATH="$(winpath "$here/.cache/winbench/site-packages")"
+failed=()
+started=$(date +%s)
+
+wine_bench() {  # wine_bench NAME MODULE ARGS...: one Windows benchmark under Wine
+    local name=$1 module=$2; shift 2
+    echo "=== bench $name (Wine): python -m $module $*"
+    tools/winpy -m "$module" --json "$(winpath "$results/$name.json")" "$@" \
+        || failed+=("$name")
+}
+
+wine_bench poller bench.poller
+wine_bench echo bench.echo
+
+echo "=== report"
+"$here/.cache/venv/bin/python" -m bench.report "$results" bench/results --readme README.md \
+    || failed+=(report)
+echo "=== make bench took $(( $(date +%s) - started )) s"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
