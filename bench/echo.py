@@ -227,7 +227,7 @@ def asyncio_subjects() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
 
     return {
         OURS: new_event_loop,
-        "asyncio Proactor": asyncio.ProactorEventLoop,  # type: ignore[attr-defined]
+        "asyncio Proactor": asyncio.ProactorEventLoop,  # type: ignore[attr-defined,unused-ignore]
         "asyncio SelectSelector": lambda: asyncio.SelectorEventLoop(selectors.SelectSelector()),
     }
 
