@@ -40,6 +40,8 @@ SECONDS = float(os.environ.get("NTAFD_BENCH_SECONDS", "2.0"))
 if TYPE_CHECKING:
     from ntdll.speedups import NativeCalls
 
+    from .common import Better
+
 _current: NativeCalls | None = None
 """The implementation :func:`use` selected (``None``: pure ctypes)."""
 
@@ -242,6 +244,7 @@ def main() -> int:
                         help="alternations of the two implementations per workload")
     parser.add_argument("--seconds", type=float, default=SECONDS,
                         help="time bound of each measured loop")
+    parser.add_argument("--json", help="also write the figures to this file (make bench)")
     args = parser.parse_args()
     SECONDS = args.seconds
     from ntdll import speedups
@@ -259,6 +262,10 @@ def main() -> int:
         print(f"the speedups are not loaded ({speedups.LOAD_ERROR}): build them with "
               "tools/build-speedups.sh and put the build on the path")
         return 1
+    from .common import Results
+
+    results = Results("speedups")
+    ours = f"cffi ({fast.removeprefix('cffi-')})"  # bench.report's name for our subject
     print(f"{args.rounds} alternations per workload, {SECONDS:g} s each; medians "
           f"[min-max]; ratio = {fast} over ctypes (>1: faster)")
     print(f"{'workload':<12} {'unit':<14} {'ctypes':>26} {fast:>26}  ratio")
@@ -274,6 +281,11 @@ def main() -> int:
         cells = [f"{median(v):,.1f} [{min(v):,.0f}-{max(v):,.0f}]" for v in figures.values()]
         print(f"{name:<12} {UNITS[name]:<14} {cells[0]:>26} {cells[1]:>26}  {ratio:4.2f}x",
               flush=True)
+        better: Better = "higher" if HIGHER_IS_BETTER[name] else "lower"
+        if args.json:
+            results.record("speedups", name, "ctypes", UNITS[name], better, figures["ctypes"])
+            results.record("speedups", name, ours, UNITS[name], better, figures[fast])
+    results.write(args.json)
     return 0
 
 

@@ -26,6 +26,13 @@ wine_bench() {  # wine_bench NAME MODULE ARGS...: one Windows benchmark under Wi
 
 wine_bench poller bench.poller
 wine_bench echo bench.echo
+# Pure ctypes against the C speedups (optimized build, cross-built here), alternated in one run.
+if bash tools/build-speedups.sh optimized; then
+    NTAFD_WINE_PYTHONPATH="$NTAFD_WINE_PYTHONPATH;$(winpath "$here/.cache/speedups/optimized")" \
+        wine_bench speedups bench.speedups
+else
+    failed+=("speedups (not built)")
+fi
 
 echo "=== report"
 "$here/.cache/venv/bin/python" -m bench.report "$results" bench/results --readme README.md \
