@@ -24,6 +24,7 @@ from . import status as _status
 from .structures import FILE_IO_COMPLETION_INFORMATION, OVERLAPPED
 
 __all__ = [
+    "ABI_VERSION",
     "IMPLEMENTATION",
     "LOAD_ERROR",
     "MODULE",
@@ -37,6 +38,8 @@ MODULE = "_ntafd_speedups"
 """The extension's module name (top-level, so a build folder can be put on ``sys.path``)."""
 PURE_ENV = "NTAFD_PURE_CTYPES"
 """Set to ``1`` to force the pure-ctypes implementation."""
+ABI_VERSION = 1
+"""The ``ntafd_abi_version()`` this module was written for (a stale build is not used)."""
 
 # Statuses of our own (customer bit set), returned by the C functions.
 STATUS_NOT_INITIALISED = 0xE0AF0000
@@ -70,6 +73,10 @@ class NativeCalls:
     def __init__(self, module: Any) -> None:
         self._ffi = module.ffi
         self._lib = module.lib
+        version = getattr(self._lib, "ntafd_abi_version", lambda: 0)()
+        if version != ABI_VERSION:
+            raise ImportError(f"{MODULE} is a stale build (ABI {version}, this ntafd wants "
+                              f"{ABI_VERSION}): rebuild it")
         self.debug = bool(self._lib.ntafd_debug())
         self._local = threading.local()
         if self._lib.ntafd_init() != 0:

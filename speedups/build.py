@@ -55,6 +55,7 @@ typedef struct {
 
 int ntafd_init(void);
 int ntafd_debug(void);
+int ntafd_abi_version(void);
 int ntafd_in_flight(uintptr_t address);
 void ntafd_decode_completions(uintptr_t entries, uint32_t count, uint64_t *decoded);
 int32_t ntafd_remove_completions(uintptr_t port, uint32_t max_entries, int has_timeout,

@@ -212,6 +212,13 @@ static int ntafd_debug(void)
     return ntafd_debug_build;
 }
 
+/* Bumped whenever a function's meaning or signature changes: a stale build is refused. */
+#define NTAFD_ABI_VERSION 1
+static int ntafd_abi_version(void)
+{
+    return NTAFD_ABI_VERSION;
+}
+
 /* ---- dequeue ----------------------------------------------------------------------------- */
 /* Decodes count entries (as NtRemoveIoCompletionEx wrote them) into 4 words each of decoded[]:
  * KeyContext, ApcContext, the status as an unsigned 32-bit value (the upper half of the

@@ -12,16 +12,21 @@ import os
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from afd import (
     AFD_POLL_HANDLE_INFO,
     AFD_POLL_INFO,
     AfdHelperHandle,
     AfdPollEvents,
+    AfdPollOperation,
     base_socket_handle,
+    build_poll_info,
 )
 from iocp import CompletionPort
 from ntdll import speedups
@@ -72,6 +77,15 @@ def test_the_expected_implementation_is_loaded() -> None:
         assert speedups.native is None and speedups.LOAD_ERROR
     else:
         assert speedups.IMPLEMENTATION in IMPLEMENTATIONS
+
+
+@pytest.mark.parametrize("lib", [SimpleNamespace(ntafd_abi_version=lambda: 0),
+                                 SimpleNamespace()], ids=["older ABI", "before versions"])
+def test_a_stale_build_is_refused(lib: SimpleNamespace) -> None:
+    """A build of other C functions than this Python expects is not used (an ImportError,
+    which the loader turns into pure ctypes and names in LOAD_ERROR)."""
+    with pytest.raises(ImportError, match="stale build"):
+        speedups.NativeCalls(SimpleNamespace(ffi=None, lib=lib))
 
 
 def test_the_cdef_layouts_equal_the_ctypes_layouts_as_cffi_computes_them() -> None:
@@ -155,3 +169,53 @@ def test_optimized_build_does_not_track_requests() -> None:
     native = speedups.native
     assert native is not None
     assert native.in_flight(OVERLAPPED()) is (False if native.debug else None)
+
+
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+# key, the whole first word of the status block (the status in its low half, the rest of the
+# union's Pointer member above it), information
+raw_entries = st.lists(st.tuples(u64, u64, u64), min_size=1, max_size=64)
+
+
+@pytest.mark.cffi
+@settings(max_examples=50, deadline=None)
+@given(raw_entries)
+def test_both_decoders_make_the_same_completions(entries: list[tuple[int, int, int]]) -> None:
+    """One interface, two implementations: the same entries, as the kernel writes them, give
+    equal completions through the ctypes decoding and the C decoding."""
+    native = speedups.native
+    assert native is not None
+    view = (FILE_IO_COMPLETION_INFORMATION * len(entries))()
+    words = (ctypes.c_uint64 * (4 * len(entries))).from_buffer(view)
+    for index, (key, first_word, information) in enumerate(entries):
+        words[4 * index:4 * index + 4] = [key, 0, first_word, information]
+    with CompletionPort() as port:
+        by_ctypes = port._complete_entries(view, len(entries))
+        by_c = port._complete_decoded(native.decode_completions(view, len(entries)))
+    assert by_c == by_ctypes
+    assert [c.status for c in by_c] == [word & 0xFFFFFFFF for _, word, _ in entries]
+
+
+poll_entries = st.lists(st.tuples(st.integers(min_value=1, max_value=2**64 - 1),
+                                  st.integers(min_value=0, max_value=0x7FF)),
+                        min_size=1, max_size=16)
+
+
+@pytest.mark.cffi
+@settings(max_examples=50, deadline=None)
+@given(poll_entries, st.integers(min_value=0, max_value=20))
+def test_both_implementations_read_the_same_poll_events(entries: list[tuple[int, int]],
+                                                        reported: int) -> None:
+    """The OR of the events the kernel reported, read by ctypes and by C, for any count the
+    kernel may have rewritten ``NumberOfHandles`` to (more than the room: capped)."""
+    native = speedups.native
+    assert native is not None
+    info = build_poll_info(entries)
+    info.NumberOfHandles = reported
+    expected = 0
+    for _handle, events in entries[:reported]:
+        expected |= events
+    assert native.afd_poll_events(info) == expected
+    operation = AfdPollOperation(None, info)
+    operation._complete(0, ctypes.sizeof(info))  # as the port does on dequeue
+    assert operation.reported_events() == expected
