@@ -219,3 +219,31 @@ def test_both_implementations_read_the_same_poll_events(entries: list[tuple[int,
     operation = AfdPollOperation(None, info)
     operation._complete(0, ctypes.sizeof(info))  # as the port does on dequeue
     assert operation.reported_events() == expected
+
+
+@pytest.mark.windows
+def test_the_status_block_is_final_when_the_completion_is_dequeued(
+        connected_pair: tuple[socket.socket, socket.socket]) -> None:
+    """What D5 (and ntafd_cancel, which reads the block in C) rely on: once a request's
+    completion is dequeued, its status block no longer reads STATUS_PENDING but the final
+    status and information, for a poll that fired and for one that was cancelled."""
+    first, second = connected_pair
+    base = base_socket_handle(first)
+    with CompletionPort() as port, AfdHelperHandle(port, key=7) as helper:
+        fired = helper.poll([(base, AfdPollEvents.RECEIVE)])
+        cancelled = helper.poll([(base_socket_handle(second), AfdPollEvents.RECEIVE)])
+        assert fired.pending and cancelled.pending
+        second.send(b"x")
+        assert helper.cancel(cancelled) is True
+        done: dict[int, int] = {}
+        for _ in range(100):
+            for completion in port.dequeue(timeout=0.1):
+                done[completion.apc_context] = completion.status
+            if len(done) == 2:
+                break
+        for operation in (fired, cancelled):
+            block = operation._overlapped
+            assert block.Internal & 0xFFFFFFFF == done[operation.apc_context]
+            assert block.InternalHigh == operation.information
+        assert done[fired.apc_context] == 0
+        assert done[cancelled.apc_context] == 0xC0000120  # STATUS_CANCELLED
