@@ -29,8 +29,10 @@ from .helper import AfdHelperHandle, AfdPollOperation
 __all__ = ["GROUP_SIZE", "AfdPoller", "PollerClosedError"]
 
 GROUP_SIZE = 32
-"""Sockets per AFD helper handle. Provisional (wepoll and mio use 32, trio 500; trio#1280: the
-cost of a cancel grows with the polls pending on the handle): to be fixed by measurement."""
+"""Sockets per AFD helper handle (wepoll and mio use 32, trio 500). On Windows the cost of a
+cancel grows with the polls pending on the handle (trio#1280); under Wine the measurement
+(``bench.poller --only group_size``) shows no effect, since wineserver keeps one list of polls
+for all handles. ACTIVE_KB.md D13 has the figures."""
 
 DEFAULT_MAX_EVENTS = 1024
 
@@ -63,6 +65,7 @@ class _Registration:
     asked: int = 0  # the AFD events the pending poll asks for
     cancelling: bool = False
     deleted: bool = False
+    modified: int = 0  # counts modify() calls
 
 
 class AfdPoller:
@@ -83,6 +86,8 @@ class AfdPoller:
         self._groups_with_room: dict[_PollGroup, None] = {}  # insertion-ordered set
         self._rearm: dict[_Registration, None] = {}
         self._outstanding = 0
+        # Readiness dequeued outside poll() (see register), reported by the next poll().
+        self._backlog: list[tuple[_Registration, int, PollEvents]] = []
         self._closed = False
 
     # -- registration ---------------------------------------------------------------------
@@ -92,10 +97,16 @@ class AfdPoller:
 
         Raises ``FileExistsError`` if already registered, ``ValueError`` for a closed socket,
         :class:`~afd.NotASocketError` for a non-socket.
+
+        A socket closed while registered leaves the set when its close is dequeued. If its
+        handle value has already been reused for ``sock``, the queued completions are collected
+        first (so the close is seen) before ``FileExistsError`` is decided.
         """
         handle = socket_handle(sock)
         with self._lock:
             self._check_open()
+            if handle in self._registered:
+                self._collect_now()
             if handle in self._registered:
                 raise FileExistsError(f"socket {handle:#x} is already registered")
             interest = PollEvents(events)
@@ -126,6 +137,7 @@ class AfdPoller:
             registration = self._lookup(handle)
             registration.interest = PollEvents(events)
             registration.data = data
+            registration.modified += 1
             if oneshot is not None:
                 registration.oneshot = oneshot
             self._update(registration)
@@ -227,8 +239,49 @@ class AfdPoller:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             completions = self._port.dequeue(timeout=remaining, max_entries=max_events)
             ready, woken = self._process(completions)
+            if self._backlog:
+                ready = self._take_backlog() + ready
             if ready or woken or (deadline is not None and time.monotonic() >= deadline):
                 return ready
+
+    def _collect_now(self) -> None:
+        """Dequeue what has completed without waiting; its readiness waits in the backlog for
+        the next poll() (a thread blocked in poll() is woken to report it)."""
+        ready = []
+        woken = False
+        while True:
+            completions = self._port.dequeue(timeout=0)
+            if not completions:
+                break
+            for completion in completions:
+                if completion.key == WAKEUP_KEY:
+                    woken = True  # not ours: passed on to poll() below
+                    continue
+                registration = completion.tag
+                if isinstance(completion.operation, AfdPollOperation) and isinstance(
+                        registration, _Registration):
+                    events = self._complete(registration, completion.operation)
+                    if events:
+                        ready.append((registration, registration.modified, events))
+        if ready:
+            self._backlog.extend(ready)
+        if ready or woken:
+            self._port.wakeup()
+
+    def _take_backlog(self) -> list[tuple[object, PollEvents]]:
+        """The backlog as poll() reports it: with each socket's current data and interest
+        (it may have been modified or unregistered since)."""
+        with self._lock:
+            backlog, self._backlog = self._backlog, []
+            ready = []
+            for registration, modified, events in backlog:
+                if registration.deleted:
+                    continue
+                if registration.modified != modified:
+                    events &= registration.interest | PollEvents.ERR | PollEvents.HUP
+                if events:
+                    ready.append((registration.data, events))
+            return ready
 
     def _flush_rearm(self) -> None:
         pending, self._rearm = self._rearm, {}
@@ -311,6 +364,7 @@ class AfdPoller:
             self._closed = True
             self._registered.clear()
             self._rearm.clear()
+            self._backlog.clear()
             for group in self._groups:
                 group.helper.close()  # the kernel cancels the polls pending on it
             self._port.close()  # dequeues those cancellations

@@ -74,6 +74,33 @@ def test_closed_socket_is_dropped_without_error() -> None:
             poller.unregister(handle)
 
 
+def test_a_reused_handle_can_be_registered_after_a_close_while_registered() -> None:
+    """Closing a registered socket and registering a new one that got the same handle value
+    works without a poll in between (as with epoll), and the new one is the one reported."""
+    with AfdPoller() as poller:
+        reused = False
+        for attempt in range(20):
+            first, second = socket.socketpair()
+            with second:
+                poller.register(first, P.IN, data=("old", attempt))
+                handle = first.fileno()
+                first.close()
+                third, fourth = socket.socketpair()
+                with third, fourth:
+                    reused = reused or handle in (third.fileno(), fourth.fileno())
+                    poller.register(third, P.IN, data=("new", attempt))
+                    poller.register(fourth, P.IN, data=("peer", attempt))
+                    fourth.send(b"x")
+                    reported = poller.poll(timeout=5)
+                    assert reported == [(("new", attempt), P.IN)]
+                    poller.unregister(third)
+                    poller.unregister(fourth)
+            if reused:
+                break
+        assert reused, "no handle value was reused in 20 attempts"
+        assert len(poller) == 0
+
+
 def test_connect_failure_is_readable_writable_and_error() -> None:
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
