@@ -1,5 +1,6 @@
 """TCP echo on 127.0.0.1: asyncio on AfdSelector against asyncio's Proactor loop, asyncio on
-``select()`` (SelectSelector) and trio, each running its own server and clients in one loop.
+``select()`` (SelectSelector), trio (each running its own server and clients in one loop) and
+blocking sockets with a thread per connection.
 
 Cases (each figure the median of ``--runs`` runs, every run bounded in time and count):
 
@@ -214,6 +215,109 @@ def _trio_case(case: str) -> float:
     return result
 
 
+# -- blocking threads ------------------------------------------------------------------------
+def _threads_case(case: str) -> float:
+    """The same cases with blocking sockets: one server thread per connection (and client
+    threads where a client needs more than one)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2048)
+    address = listener.getsockname()
+    listener.settimeout(60)
+    workers: list[threading.Thread] = []
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(CHUNK):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def accept(count: int) -> None:
+        for _ in range(count):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.settimeout(60)
+            worker = threading.Thread(target=echo, args=(conn,), daemon=True)
+            worker.start()
+            workers.append(worker)
+
+    def receive_exactly(sock: socket.socket, size: int) -> None:
+        got = 0
+        while got < size:
+            chunk = sock.recv(size - got)
+            if not chunk:
+                raise ConnectionError("the echo server closed early")
+            got += len(chunk)
+
+    connections = CONNECTIONS if case == "1000 connections" else 1
+    acceptor = threading.Thread(target=accept, args=(connections,), daemon=True)
+    acceptor.start()
+    try:
+        if case == "ping-pong":
+            with socket.create_connection(address, timeout=60) as sock:
+                done = 0
+                deadline = time.perf_counter() + PING_PONG_SECONDS
+                started = time.perf_counter()
+                while done < PING_PONG_MAX and time.perf_counter() < deadline:
+                    sock.sendall(MESSAGE)
+                    receive_exactly(sock, len(MESSAGE))
+                    done += 1
+                return done / (time.perf_counter() - started)
+        if case == "streaming":
+            with socket.create_connection(address, timeout=60) as sock:
+                chunk = b"s" * CHUNK
+                sent = [0]
+                deadline = time.perf_counter() + STREAM_SECONDS
+                started = time.perf_counter()
+
+                def send() -> None:
+                    while sent[0] < STREAM_BYTES and time.perf_counter() < deadline:
+                        sock.sendall(chunk)
+                        sent[0] += len(chunk)
+                    sock.shutdown(socket.SHUT_WR)
+
+                sender = threading.Thread(target=send, daemon=True)
+                sender.start()
+                received = 0
+                while data := sock.recv(CHUNK):
+                    received += len(data)
+                sender.join(60)
+                assert received == sent[0], (received, sent[0])
+                return received / (time.perf_counter() - started) / 1e6
+        errors: list[BaseException] = []
+
+        def client() -> None:
+            try:
+                with socket.create_connection(address, timeout=60) as sock:
+                    for _ in range(ROUND_TRIPS):
+                        sock.sendall(MESSAGE)
+                        receive_exactly(sock, len(MESSAGE))
+            except BaseException as error:
+                errors.append(error)
+
+        started = time.perf_counter()
+        clients = [threading.Thread(target=client, daemon=True) for _ in range(CONNECTIONS)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(120)
+        if errors:
+            raise errors[0]
+        return time.perf_counter() - started
+    finally:
+        listener.close()
+        acceptor.join(60)
+        for worker in workers:
+            worker.join(60)
+
+
 # -- driver ----------------------------------------------------------------------------------
 CASES: dict[str, tuple[str, str, Any]] = {
     "ping-pong": ("round trips/s", "higher", _asyncio_ping_pong),
@@ -247,6 +351,9 @@ def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
                     continue
             results.measure("echo", case, subject, unit, better,  # type: ignore[arg-type]
                             lambda runner=runner, body=body: runner(body), runs)  # type: ignore[misc]
+        results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]
+                        lambda case=case: _threads_case(case), runs,  # type: ignore[misc]
+                        note="a thread per connection")
         if have_trio:
             results.measure("echo", case, "trio", unit, better,  # type: ignore[arg-type]
                             lambda case=case: _trio_case(case), runs,  # type: ignore[misc]
