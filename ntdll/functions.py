@@ -25,13 +25,16 @@ from .structures import (
     OVERLAPPED,
     ULONG_PTR,
     UNICODE_STRING,
+    WSABUF,
 )
 
 __all__ = [
+    "AssignProcessToJobObject",
     "CloseHandle",
     "CreateEventW",
     "CreateFileW",
     "CreateIoCompletionPort",
+    "CreateJobObjectW",
     "CreateNamedPipeW",
     "GetProcessHandleCount",
     "NtCancelIoFile",
@@ -41,12 +44,18 @@ __all__ = [
     "NtCreateIoCompletion",
     "NtDeviceIoControlFile",
     "NtRemoveIoCompletionEx",
+    "NtResumeProcess",
     "NtSetIoCompletion",
+    "OpenProcess",
     "ReadFile",
     "RtlNtStatusToDosError",
     "SetEvent",
     "SetFileCompletionNotificationModes",
+    "SetInformationJobObject",
+    "TerminateJobObject",
     "WSAIoctl",
+    "WSARecv",
+    "WSASend",
     "WaitForSingleObject",
     "WriteFile",
     "getsockopt_int",
@@ -104,6 +113,7 @@ _NtCancelIoFileEx = prototype(
 )
 _NtCancelIoFile = prototype("ntdll", "NtCancelIoFile", NTSTATUS, [HANDLE, _P(IO_STATUS_BLOCK)])
 _NtClose = prototype("ntdll", "NtClose", NTSTATUS, [HANDLE])
+_NtResumeProcess = prototype("ntdll", "NtResumeProcess", NTSTATUS, [HANDLE])
 _RtlNtStatusToDosError = prototype("ntdll", "RtlNtStatusToDosError", _c_uint32, [NTSTATUS])
 
 _CreateIoCompletionPort = prototype(
@@ -134,6 +144,17 @@ _CreateFileW = prototype(
     "kernel32", "CreateFileW", HANDLE,
     [ctypes.c_wchar_p, _c_uint32, _c_uint32, _c_void_p, _c_uint32, _c_uint32, HANDLE],
 )
+_CreateJobObjectW = prototype(
+    "kernel32", "CreateJobObjectW", HANDLE, [_c_void_p, ctypes.c_wchar_p],
+)
+_SetInformationJobObject = prototype(
+    "kernel32", "SetInformationJobObject", _c_int32, [HANDLE, _c_int32, _c_void_p, _c_uint32],
+)
+_AssignProcessToJobObject = prototype(
+    "kernel32", "AssignProcessToJobObject", _c_int32, [HANDLE, HANDLE],
+)
+_TerminateJobObject = prototype("kernel32", "TerminateJobObject", _c_int32, [HANDLE, _c_uint32])
+_OpenProcess = prototype("kernel32", "OpenProcess", HANDLE, [_c_uint32, _c_int32, _c_uint32])
 _CloseHandle = prototype("kernel32", "CloseHandle", _c_int32, [HANDLE])
 _GetProcessHandleCount = prototype(
     "kernel32", "GetProcessHandleCount", _c_int32, [HANDLE, _P(_c_uint32)],
@@ -144,6 +165,16 @@ _WSAIoctl = prototype(
      _c_void_p, _c_void_p],
 )
 _WSAGetLastError = prototype("ws2_32", "WSAGetLastError", _c_int32, [])
+_WSARecv = prototype(
+    "ws2_32", "WSARecv", _c_int32,
+    [ctypes.c_size_t, _P(WSABUF), _c_uint32, _P(_c_uint32), _P(_c_uint32), _P(OVERLAPPED),
+     _c_void_p],
+)
+_WSASend = prototype(
+    "ws2_32", "WSASend", _c_int32,
+    [ctypes.c_size_t, _P(WSABUF), _c_uint32, _P(_c_uint32), _c_uint32, _P(OVERLAPPED),
+     _c_void_p],
+)
 _getsockopt = prototype(
     "ws2_32", "getsockopt", _c_int32,
     [ctypes.c_size_t, _c_int32, _c_int32, _c_void_p, _P(_c_int32)],
@@ -308,6 +339,11 @@ def NtClose(handle: int) -> None:
     _check(_NtClose(handle), "NtClose")
 
 
+def NtResumeProcess(process: int) -> None:
+    """Resume every thread of ``process`` (a handle with ``PROCESS_SUSPEND_RESUME``)."""
+    _check(_NtResumeProcess(process), "NtResumeProcess")
+
+
 def RtlNtStatusToDosError(status: int) -> int:
     """The Win32 error code for an NTSTATUS (``ERROR_MR_MID_NOT_FOUND``, 317, if none)."""
     result: int = _RtlNtStatusToDosError(ctypes.c_int32(_status.to_unsigned(status)).value)
@@ -399,6 +435,50 @@ def CreateFileW(name: str, access: int, share_mode: int, creation_disposition: i
     return int(result)
 
 
+JobObjectExtendedLimitInformation = 9
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
+PROCESS_TERMINATE = 0x0001
+PROCESS_SET_QUOTA = 0x0100
+PROCESS_SUSPEND_RESUME = 0x0800
+
+
+def CreateJobObjectW() -> int:
+    """Create an unnamed job object; returns its handle."""
+    result = _CreateJobObjectW(None, None)
+    if not result:
+        raise _last_error("CreateJobObjectW")
+    return int(result)
+
+
+def SetInformationJobObject(job: int, information_class: int, information: Buffer) -> None:
+    """Set one class of limits on ``job`` (e.g. ``JobObjectExtendedLimitInformation`` with a
+    :class:`~ntdll.structures.JOBOBJECT_EXTENDED_LIMIT_INFORMATION`)."""
+    if not _SetInformationJobObject(job, information_class, ctypes.byref(information),
+                                    ctypes.sizeof(information)):
+        raise _last_error("SetInformationJobObject")
+
+
+def AssignProcessToJobObject(job: int, process: int) -> None:
+    """Put ``process`` (with ``PROCESS_SET_QUOTA | PROCESS_TERMINATE``) in ``job``; the
+    processes it creates from then on are in the job too."""
+    if not _AssignProcessToJobObject(job, process):
+        raise _last_error("AssignProcessToJobObject")
+
+
+def TerminateJobObject(job: int, exit_code: int) -> None:
+    """Terminate every process in ``job`` with ``exit_code``."""
+    if not _TerminateJobObject(job, exit_code):
+        raise _last_error("TerminateJobObject")
+
+
+def OpenProcess(access: int, pid: int, inherit: bool = False) -> int:
+    """Open the process ``pid`` with ``access``; returns the handle."""
+    result = _OpenProcess(access, int(inherit), pid)
+    if not result:
+        raise _last_error("OpenProcess")
+    return int(result)
+
+
 def CloseHandle(handle: int) -> None:
     """Close a Win32 handle."""
     if not _CloseHandle(handle):
@@ -429,6 +509,45 @@ def WSAIoctl(socket: int, control_code: int, in_buffer: Buffer | None,
     if result != 0:
         raise win32_error("WSAIoctl", _WSAGetLastError())
     return returned.value
+
+
+WSA_IO_PENDING = 997
+
+
+def _wsabuf(buffer: Buffer, size: int, function: str) -> WSABUF:
+    if size > ctypes.sizeof(buffer):
+        raise ValueError(f"{function}: size {size} exceeds the buffer's {ctypes.sizeof(buffer)}")
+    return WSABUF(size, ctypes.addressof(buffer))
+
+
+def WSARecv(socket: int, buffer: Buffer, size: int, overlapped: OVERLAPPED) -> int:
+    """Start an overlapped receive of up to ``size`` bytes into ``buffer``.
+
+    Returns 0 (completed at once) or ``WSA_IO_PENDING``; either way a completion is queued on
+    the port the socket is associated with, and ``buffer`` and ``overlapped`` must live until
+    it is dequeued. Any other failure raises ``OSError`` (``winerror`` = the WSA error) and
+    queues nothing.
+    """
+    wsabuf = _wsabuf(buffer, size, "WSARecv")
+    flags = _c_uint32(0)
+    if _WSARecv(socket, ctypes.byref(wsabuf), 1, None, ctypes.byref(flags),
+                ctypes.byref(overlapped), None) == 0:
+        return 0
+    code: int = _WSAGetLastError()
+    if code == WSA_IO_PENDING:
+        return code
+    raise win32_error("WSARecv", code)
+
+
+def WSASend(socket: int, buffer: Buffer, size: int, overlapped: OVERLAPPED) -> int:
+    """Start an overlapped send of ``size`` bytes from ``buffer``; as :func:`WSARecv`."""
+    wsabuf = _wsabuf(buffer, size, "WSASend")
+    if _WSASend(socket, ctypes.byref(wsabuf), 1, None, 0, ctypes.byref(overlapped), None) == 0:
+        return 0
+    code: int = _WSAGetLastError()
+    if code == WSA_IO_PENDING:
+        return code
+    raise win32_error("WSASend", code)
 
 
 def getsockopt_int(socket: int, level: int, option: int) -> int:

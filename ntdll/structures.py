@@ -13,13 +13,17 @@ import ctypes
 __all__ = [
     "FILE_IO_COMPLETION_INFORMATION",
     "HANDLE",
+    "IO_COUNTERS",
     "IO_STATUS_BLOCK",
+    "JOBOBJECT_BASIC_LIMIT_INFORMATION",
+    "JOBOBJECT_EXTENDED_LIMIT_INFORMATION",
     "LARGE_INTEGER",
     "NTSTATUS",
     "OBJECT_ATTRIBUTES",
     "OVERLAPPED",
     "ULONG_PTR",
     "UNICODE_STRING",
+    "WSABUF",
 ]
 
 if ctypes.sizeof(ctypes.c_void_p) != 8:  # pragma: no cover - 32-bit interpreters
@@ -108,3 +112,47 @@ class OVERLAPPED(ctypes.Structure):
         ("_u", _OverlappedUnion),
         ("hEvent", HANDLE),
     ]
+
+
+class JOBOBJECT_BASIC_LIMIT_INFORMATION(ctypes.Structure):
+    """``JOBOBJECT_BASIC_LIMIT_INFORMATION`` (64 bytes); ``LimitFlags`` at offset 16."""
+
+    _fields_ = [
+        ("PerProcessUserTimeLimit", LARGE_INTEGER),
+        ("PerJobUserTimeLimit", LARGE_INTEGER),
+        ("LimitFlags", ctypes.c_uint32),
+        ("MinimumWorkingSetSize", ctypes.c_size_t),
+        ("MaximumWorkingSetSize", ctypes.c_size_t),
+        ("ActiveProcessLimit", ctypes.c_uint32),
+        ("Affinity", ULONG_PTR),
+        ("PriorityClass", ctypes.c_uint32),
+        ("SchedulingClass", ctypes.c_uint32),
+    ]
+
+
+class IO_COUNTERS(ctypes.Structure):
+    """``IO_COUNTERS`` (48 bytes)."""
+
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "ReadOperationCount", "WriteOperationCount", "OtherOperationCount",
+        "ReadTransferCount", "WriteTransferCount", "OtherTransferCount")]
+
+
+class JOBOBJECT_EXTENDED_LIMIT_INFORMATION(ctypes.Structure):
+    """``JOBOBJECT_EXTENDED_LIMIT_INFORMATION`` (144 bytes), for ``SetInformationJobObject``
+    with ``JobObjectExtendedLimitInformation`` (9), e.g. to set ``KILL_ON_JOB_CLOSE``."""
+
+    _fields_ = [
+        ("BasicLimitInformation", JOBOBJECT_BASIC_LIMIT_INFORMATION),
+        ("IoInfo", IO_COUNTERS),
+        ("ProcessMemoryLimit", ctypes.c_size_t),
+        ("JobMemoryLimit", ctypes.c_size_t),
+        ("PeakProcessMemoryUsed", ctypes.c_size_t),
+        ("PeakJobMemoryUsed", ctypes.c_size_t),
+    ]
+
+
+class WSABUF(ctypes.Structure):
+    """``WSABUF`` (16 bytes): ``len`` (ULONG) then, after padding, ``buf`` (a pointer)."""
+
+    _fields_ = [("len", ctypes.c_uint32), ("buf", ctypes.c_void_p)]

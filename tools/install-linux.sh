@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the Linux side needs, idempotently:
-#   - Debian packages: wine + wine64 (the Windows leg), unless already present;
+#   - Debian packages: wine + wine64 (the Windows leg), ncat + socat (real clients for the exec
+#     server's tests and benchmark), unless already present;
 #   - a virtual environment in .cache/venv with the project's test and lint tools.
 # Safe to run again: every step checks first.
 set -euo pipefail
@@ -10,6 +11,8 @@ mkdir -p "$cache"
 
 need_apt=()
 [ -x /usr/lib/wine/wine64 ] || need_apt+=(wine wine64)
+command -v ncat >/dev/null || need_apt+=(ncat)
+command -v socat >/dev/null || need_apt+=(socat)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-linux: apt-get install ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -24,6 +24,13 @@ wine_bench() {  # wine_bench NAME MODULE ARGS...: one Windows benchmark under Wi
         || failed+=("$name")
 }
 
+linux_bench() {  # linux_bench NAME MODULE ARGS...: one benchmark with the Linux python
+    local name=$1 module=$2; shift 2
+    echo "=== bench $name (Linux): python -m $module $*"
+    "$here/.cache/venv/bin/python" -m "$module" --json "$results/$name.json" "$@" \
+        || failed+=("$name")
+}
+
 wine_bench poller bench.poller
 wine_bench echo bench.echo
 # Pure ctypes against the C speedups (optimized build, cross-built here), alternated in one run.
@@ -33,6 +40,8 @@ if bash tools/build-speedups.sh optimized; then
 else
     failed+=("speedups (not built)")
 fi
+wine_bench exec_relay-wine bench.exec_relay
+linux_bench exec_relay-linux bench.exec_relay
 
 echo "=== report"
 "$here/.cache/venv/bin/python" -m bench.report "$results" bench/results --readme README.md \

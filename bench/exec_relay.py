@@ -1,0 +1,485 @@
+"""Exec relay benchmark: ntafd-exec against other socket-to-process relays, side by side.
+
+    .cache/venv/bin/python bench/exec_relay.py            # Linux: vs socat and ncat
+    tools/winpy bench/exec_relay.py                       # Wine: vs an asyncio Proactor relay
+
+For each server (a separate process on 127.0.0.1, serving every client with a fresh child):
+
+* throughput: ``--size`` MiB sent through ``cat`` and read back on one connection, MiB/s;
+* latency: 64-byte round trips on one connection (median and p99, microseconds);
+* CPU seconds per GiB relayed (the server's process tree, children included, so ``cat``'s own
+  share is in every figure) — on Linux only;
+* concurrency: ``--sessions`` clients connected at once, each echoing one line; errors counted.
+
+Ratios are ntafd-exec's figure over each other server's (throughput: higher is better for
+ntafd-exec; latency and CPU: lower is). Every loop is bounded in time and count. Figures from
+one run are comparable with each other, not with another machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+ON_WINDOWS = sys.platform == "win32"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHASE_LIMIT = 180.0
+"""No phase of one server runs longer than this (seconds)."""
+STALL = 10.0
+"""A relay that moves no byte for this long is stalled (ncat -e deadlocks under full-duplex
+load: its relay process blocks writing cat's stdin while cat blocks writing its stdout)."""
+
+
+class Stalled(Exception):
+    """The relay stopped moving bytes."""
+
+ECHO_CODE = (
+    "import os\n"
+    "while True:\n"
+    "    data = os.read(0, 65536)\n"
+    "    if not data:\n"
+    "        break\n"
+    "    while data:\n"
+    "        data = data[os.write(1, data):]\n"
+)
+
+
+@dataclass
+class Figures:
+    name: str
+    mib_per_s: float = 0.0
+    mib_per_s_runs: list[float] = field(default_factory=list)
+    rtt_us: list[float] = field(default_factory=list)
+    cpu_per_gib: float | None = None
+    rtt_median_us: float = 0.0
+    rtt_p99_us: float = 0.0
+    sessions_ok: int = 0
+    sessions_failed: int = 0
+    sessions_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+# -- the servers ---------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            time.sleep(0.2)  # let the probe's session end before measuring
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start listening")
+
+
+def start_server(argv: Sequence[str], port: int) -> subprocess.Popen[bytes]:
+    environment = None
+    if argv and "=" in argv[0]:  # leading NAME=VALUE words set the server's environment
+        environment = dict(os.environ)
+        while argv and "=" in argv[0]:
+            name, _, value = argv[0].partition("=")
+            environment[name] = value
+            argv = argv[1:]
+    process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, cwd=ROOT, env=environment)
+    try:
+        wait_ready(port, process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` and its reaped children (Linux ``/proc``); on Windows the
+    process's own user + kernel time (``GetProcessTimes``; Windows keeps no children's total,
+    and under Wine the wineserver's share is not in it)."""
+    if sys.platform == "win32":
+        return _windows_cpu_seconds(pid)
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _windows_cpu_seconds(pid: int) -> float | None:
+    if sys.platform != "win32":
+        return None
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = ctypes.c_void_p
+    kernel32.OpenProcess.argtypes = [ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint32]
+    kernel32.GetProcessTimes.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 4
+    kernel32.CloseHandle.argtypes = [ctypes.c_void_p]
+    handle = kernel32.OpenProcess(0x1000, 0, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return None
+    try:
+        times = [ctypes.c_uint64() for _ in range(4)]  # creation, exit, kernel, user (100 ns)
+        if not kernel32.GetProcessTimes(handle, *[ctypes.byref(t) for t in times]):
+            return None
+        return (times[2].value + times[3].value) / 1e7
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+# -- the measurements ----------------------------------------------------------------------------
+def throughput(port: int, size: int) -> float:
+    """Seconds to send ``size`` bytes through the server's child and read them all back.
+
+    The client does not half-close: ncat -e closes the whole connection on the client's EOF,
+    dropping what the child had not yet sent back (seen with ncat 7.93), so the client reads
+    exactly ``size`` bytes and then closes, which every server handles.
+    """
+    block = os.urandom(256 * 1024)
+    with socket.create_connection(("127.0.0.1", port), timeout=STALL) as sock:
+        failure: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                left = size
+                while left:
+                    chunk = block if left >= len(block) else block[:left]
+                    sock.sendall(chunk)
+                    left -= len(chunk)
+            except BaseException as error:
+                failure.append(error)
+
+        start = time.perf_counter()
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        buffer = bytearray(1 << 20)
+        received = 0
+        deadline = time.monotonic() + PHASE_LIMIT
+        while received < size and time.monotonic() < deadline:
+            try:
+                count = sock.recv_into(buffer)
+            except TimeoutError:
+                raise Stalled(f"no byte for {STALL:.0f} s after {received} of {size}") from None
+            if not count:
+                break
+            received += count
+        elapsed = time.perf_counter() - start
+        sender.join(PHASE_LIMIT)
+    if failure:
+        raise failure[0]
+    if received != size:
+        raise RuntimeError(f"received {received} of {size} bytes")
+    return elapsed
+
+
+def round_trips(port: int, count: int) -> list[float]:
+    """Round-trip times (seconds) of 64-byte messages echoed by the child."""
+    message = b"x" * 63 + b"\n"
+    times: list[float] = []
+    deadline = time.monotonic() + PHASE_LIMIT / 3
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                break
+            start = time.perf_counter()
+            sock.sendall(message)
+            got = 0
+            while got < len(message):
+                data = sock.recv(256)
+                if not data:
+                    raise RuntimeError("connection closed during the round trips")
+                got += len(data)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def concurrency(port: int, sessions: int) -> tuple[int, int, float]:
+    """``sessions`` clients connected at once, each echoing one line: (ok, failed, seconds)."""
+    start = time.perf_counter()
+    deadline = time.monotonic() + PHASE_LIMIT
+    clients: list[socket.socket] = []
+    failed = 0
+    selector = selectors.DefaultSelector()
+    expected: dict[socket.socket, bytes] = {}
+    received: dict[socket.socket, bytearray] = {}
+    try:
+        for index in range(sessions):
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            except OSError:
+                failed += 1
+                continue
+            clients.append(sock)
+            expected[sock] = b"session %d ok\n" % index
+        time.sleep(0.2)  # let the server accept them all before anyone finishes
+        for sock in clients:
+            try:
+                sock.sendall(expected[sock])  # no half-close: see throughput()
+            except OSError:
+                failed += 1
+                continue
+            sock.setblocking(False)
+            received[sock] = bytearray()
+            selector.register(sock, selectors.EVENT_READ)
+        while selector.get_map() and time.monotonic() < deadline:
+            for key, _ in selector.select(1.0):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = sock.recv(4096)
+                except OSError:
+                    data = b""
+                if data:
+                    received[sock] += data
+                text = bytes(received[sock]).replace(b"\r\n", b"\n")
+                if not data or len(text) >= len(expected[sock]):
+                    selector.unregister(sock)
+        ok = sum(1 for sock, data in received.items()
+                 if bytes(data).replace(b"\r\n", b"\n") == expected[sock])
+        failed += len(received) - ok
+    finally:
+        selector.close()
+        for sock in clients:
+            sock.close()
+    return ok, failed, time.perf_counter() - start
+
+
+def measure(name: str, command: Callable[[int], list[str]], args: argparse.Namespace,
+            concurrency_argv: Callable[[int], list[str]] | None = None) -> Figures:
+    figures = Figures(name)
+    port = free_port()
+    argv = command(port)
+    rebind = command
+    size = args.size * 1024 * 1024
+    server = start_server(argv, port)
+    try:
+        cpu_before = tree_cpu_seconds(server.pid)
+        best: float | None = None
+        stalled = False
+        for _ in range(args.repeat):
+            try:
+                seconds = throughput(port, size)
+            except Stalled as stall:
+                figures.notes.append(f"throughput stalled: {stall}")
+                stalled = True
+                break
+            best = seconds if best is None else min(best, seconds)
+            figures.mib_per_s_runs.append(args.size / seconds)
+        if best is not None:
+            figures.mib_per_s = args.size / best
+            time.sleep(0.3)  # let the server reap the session's processes (their CPU counts)
+            cpu_after = tree_cpu_seconds(server.pid)
+            if cpu_before is not None and cpu_after is not None and not stalled:
+                figures.cpu_per_gib = (cpu_after - cpu_before) / (args.repeat * args.size / 1024)
+        times = round_trips(port, args.round_trips)
+        figures.rtt_us = [t * 1e6 for t in times]
+        figures.rtt_median_us = statistics.median(times) * 1e6
+        figures.rtt_p99_us = sorted(times)[int(len(times) * 0.99) - 1] * 1e6
+    finally:
+        stop_server(server)
+    if args.sessions:
+        port = free_port()  # the first port may still have connections in TIME_WAIT
+        server = start_server(
+            concurrency_argv(port) if concurrency_argv is not None else rebind(port), port)
+        try:
+            (figures.sessions_ok, figures.sessions_failed,
+             figures.sessions_seconds) = concurrency(port, args.sessions)
+        finally:
+            stop_server(server)
+    return figures
+
+
+# -- an asyncio Proactor relay (the Wine comparison) ---------------------------------------------
+async def _asyncio_relay(port: int, command: list[str]) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdin is not None and process.stdout is not None
+        stdin, stdout = process.stdin, process.stdout
+
+        async def to_child() -> None:
+            try:
+                while data := await reader.read(65536):
+                    stdin.write(data)
+                    await stdin.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                stdin.close()
+
+        async def to_client() -> None:
+            while data := await stdout.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+
+        try:
+            await asyncio.gather(to_child(), to_client())
+        except (ConnectionError, OSError):
+            process.kill()
+        finally:
+            await process.wait()
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+    async with server:
+        await server.serve_forever()
+
+
+# -- main ----------------------------------------------------------------------------------------
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x" if theirs else "n/a"
+
+
+def report(all_figures: list[Figures], args: argparse.Namespace) -> None:
+    print(f"\nsize {args.size} MiB x{args.repeat}, {args.round_trips} round trips of 64 bytes, "
+          f"{args.sessions} concurrent sessions")
+    print(f"{'server':<26}{'MiB/s':>9}{'CPU s/GiB':>11}{'rtt med us':>12}{'rtt p99 us':>12}"
+          f"{'sessions ok/failed':>20}{'secs':>7}")
+    for figures in all_figures:
+        cpu = f"{figures.cpu_per_gib:.2f}" if figures.cpu_per_gib is not None else "-"
+        print(f"{figures.name:<26}{figures.mib_per_s:>9.1f}{cpu:>11}"
+              f"{figures.rtt_median_us:>12.0f}{figures.rtt_p99_us:>12.0f}"
+              f"{figures.sessions_ok:>12}/{figures.sessions_failed:<7}"
+              f"{figures.sessions_seconds:>7.1f}")
+    ours = [figures for figures in all_figures if figures.name.startswith("ntafd-exec")]
+    others = [figures for figures in all_figures if figures not in ours]
+    print()
+    for mine in ours:
+        for other in others:
+            line = (f"{mine.name} / {other.name}: throughput "
+                    f"{ratio(mine.mib_per_s, other.mib_per_s)}, latency "
+                    f"{ratio(mine.rtt_median_us, other.rtt_median_us)}")
+            if mine.cpu_per_gib is not None and other.cpu_per_gib:
+                line += f", CPU per GiB {ratio(mine.cpu_per_gib, other.cpu_per_gib)}"
+            print(line)
+    for figures in all_figures:
+        for note in figures.notes:
+            print(f"{figures.name}: {note}")
+    failures = sum(figures.sessions_failed for figures in all_figures)
+    print(f"session errors: {failures}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=32 if ON_WINDOWS else 256,
+                        help="MiB through cat per throughput run")
+    parser.add_argument("--repeat", type=int, default=2, help="throughput runs (best counts)")
+    parser.add_argument("--round-trips", type=int, default=500 if ON_WINDOWS else 2000)
+    parser.add_argument("--sessions", type=int, default=200 if ON_WINDOWS else 1000)
+    parser.add_argument("--json", help="also write the figures for bench/report.py here")
+    parser.add_argument("--asyncio-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.asyncio_server:
+        asyncio.run(_asyncio_relay(args.asyncio_server, args.command))
+        return 0
+
+    python = sys.executable
+    ours = [python, "-m", "execsession", "-k", "-m", "0", "-l"]
+    big = ["--buffer", "256k"]  # stdout 256 KiB, stdin 128 KiB: fewer, larger reads
+    results: list[Figures] = []
+    runs: list[tuple[str, Callable[[int], list[str]], Callable[[int], list[str]] | None]]
+    if ON_WINDOWS:
+        cat = [python, "-S", "-u", "-c", ECHO_CODE]
+        light = ["find.exe", "o"]  # Wine's find passes lines containing "o": a cheap echo
+        overlapped = "NTAFD_EXEC_SOCKET_IO=overlapped"
+        runs = [
+            ("ntafd-exec (iocp, AFD)", lambda port: [*ours, str(port), "-e", *cat],
+             lambda port: [*ours, str(port), "-e", *light]),
+            ("ntafd-exec AFD 256k", lambda port: [*ours, str(port), *big, "-e", *cat],
+             lambda port: [*ours, str(port), *big, "-e", *light]),
+            ("ntafd-exec WSARecv 256k",
+             lambda port: [overlapped, *ours, str(port), *big, "-e", *cat],
+             lambda port: [overlapped, *ours, str(port), *big, "-e", *light]),
+            ("asyncio Proactor relay",
+             lambda port: [python, __file__, "--asyncio-server", str(port), "--", *cat],
+             lambda port: [python, __file__, "--asyncio-server", str(port), "--", *light]),
+        ]
+    else:
+        missing = [tool for tool in ("socat", "ncat", "cat") if shutil.which(tool) is None]
+        if missing:
+            print(f"missing: {', '.join(missing)} (tools/install-linux.sh installs them)")
+            return 2
+        runs = [
+            ("ntafd-exec (selectors)", lambda port: [*ours, str(port), "-e", "cat"], None),
+            ("ntafd-exec --buffer 256k", lambda port: [*ours, str(port), *big, "-e", "cat"],
+             None),
+            ("socat fork EXEC:cat",
+             lambda port: ["socat", f"TCP-LISTEN:{port},fork,reuseaddr,backlog=1024",
+                           "EXEC:cat"], None),
+            ("ncat -l -k -e /bin/cat",
+             lambda port: ["ncat", "-l", "-k", "-m", "10000", "-e", "/bin/cat",
+                           "127.0.0.1", str(port)], None),
+        ]
+    for name, command, light_command in runs:
+        print(f"measuring {name} ...", flush=True)
+        results.append(measure(name, command, args, light_command))
+    report(results, args)
+    if args.json:
+        write_json(results, args)
+    return 0
+
+
+def write_json(all_figures: list[Figures], args: argparse.Namespace) -> None:
+    """The figures in bench.common's JSON format (for ``make bench``'s table and charts):
+    throughput per run, round trips as the medians of five equal slices of the samples."""
+    from bench.common import Results
+
+    results = Results(f"exec_relay-{'wine' if ON_WINDOWS else 'linux'}")
+    for figures in all_figures:
+        if figures.mib_per_s_runs:
+            results.record("exec_relay", f"throughput, {args.size} MiB through cat",
+                           figures.name, "MiB/s", "higher", figures.mib_per_s_runs,
+                           note="; ".join(figures.notes))
+        else:
+            results.unavailable("exec_relay", f"throughput, {args.size} MiB through cat",
+                                figures.name, "MiB/s", "higher", "; ".join(figures.notes))
+        if figures.rtt_us:
+            size = max(1, len(figures.rtt_us) // 5)
+            slices = [figures.rtt_us[i:i + size] for i in range(0, size * 5, size)]
+            results.record("exec_relay", "64-byte round trip", figures.name, "µs", "lower",
+                           [statistics.median(part) for part in slices if part])
+        if figures.cpu_per_gib is not None:
+            results.record("exec_relay", "CPU per GiB", figures.name, "CPU s/GiB", "lower",
+                           [figures.cpu_per_gib], note="the server's process tree")
+        if args.sessions:
+            results.record("exec_relay", f"{args.sessions} concurrent sessions", figures.name,
+                           "s", "lower", [figures.sessions_seconds],
+                           note=f"{figures.sessions_failed} failed")
+    results.write(args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

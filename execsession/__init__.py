@@ -1,0 +1,33 @@
+"""execsession: relay sockets to child processes, many sessions on one thread.
+
+:class:`ExecSession` connects one socket to one child's stdin/stdout/stderr; :class:`ExecServer`
+accepts clients and starts a session for each (``python -m execsession`` is its command line).
+Both run on a :class:`Loop` from :func:`open_loop`: the ``iocp`` backend on Windows (child stdio
+on overlapped named pipes, the socket through AFD polls, all on one I/O completion port, the
+child's tree in a job object) or the ``selectors`` backend on POSIX (non-blocking pipes, the
+child's tree in its own process group). ``$NTAFD_EXEC_BACKEND`` or an argument overrides the
+choice.
+"""
+
+from .config import ConfigError, ExecSessionConfig, StderrMode
+from .loop import BACKEND_ENV, BACKENDS, Child, Loop, Stream, default_backend, open_loop
+from .server import AddressFilter, ExecServer, parse_listen
+from .session import ExecSession, SessionResult
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "AddressFilter",
+    "Child",
+    "ConfigError",
+    "ExecServer",
+    "ExecSession",
+    "ExecSessionConfig",
+    "Loop",
+    "SessionResult",
+    "StderrMode",
+    "Stream",
+    "default_backend",
+    "open_loop",
+    "parse_listen",
+]

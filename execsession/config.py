@@ -1,0 +1,116 @@
+"""ExecSessionConfig: buffer sizes, flow control, timeouts and the stderr mode of a session.
+
+Every field is checked when the config is built; an invalid value raises :class:`ConfigError`
+naming the field, so a bad command-line option or a typo in code fails before any process runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, fields
+
+__all__ = ["ConfigError", "ExecSessionConfig", "StderrMode"]
+
+KIB = 1024
+
+
+class ConfigError(ValueError):
+    """An invalid :class:`ExecSessionConfig` field; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"ExecSessionConfig.{field}: {message}")
+        self.field = field
+
+
+class StderrMode(enum.Enum):
+    MERGE = "merge"
+    """The child's stderr is its stdout pipe: both reach the socket, in the order written."""
+    SEPARATE = "separate"
+    """The child's stderr is its own pipe, delivered to the session's ``stderr_sink``."""
+    DISCARD = "discard"
+    """The child's stderr is the null device."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecSessionConfig:
+    """How one socket is relayed to one child process.
+
+    Buffers (bytes the session holds on the child's behalf): ``stdin_buffer`` client → child
+    stdin; ``stdout_buffer`` child stdout → client (in ``merge`` mode stderr shares the stdout
+    pipe and this buffer); ``stderr_buffer`` is the stderr pipe's size and the largest chunk
+    handed to the stderr sink in ``separate`` mode. Pipe sizes follow the buffers.
+    ``max_buffered`` caps the sum of the stdin and stdout buffers: no read is issued that could
+    exceed it, so a session never holds more. It must exceed each single buffer, so that one
+    direction stuck full can never starve the other.
+
+    Flow control with hysteresis: a source (the socket, the child's stdout) stops being read
+    when the bytes waiting in its buffer reach ``pause_threshold`` x its size, or those of all
+    buffers reach ``pause_threshold`` x ``max_buffered``; it is read again once its waiting
+    bytes are at or below ``resume_threshold`` x its size and the total at or below
+    ``resume_threshold`` x ``max_buffered`` (or its own buffer is empty). Waiting bytes
+    exclude those of a write in progress (at most half a buffer), so reading overlaps writing.
+    With the defaults a slow reader pauses stdout at 48 KiB waiting and resumes it at 16 KiB;
+    a busy duplex session pauses at 72 KiB in all. Pauses are counted in the result.
+
+    Timeouts in seconds, 0 = off: ``exec_timeout`` from the start, ``connect_timeout`` until the
+    first byte relayed in either direction, ``idle_timeout`` since the last one. When one
+    fires the child's process tree is killed and the connection closed. ``close_timeout``
+    bounds the wait for the client's EOF after the output was sent and the child exited
+    (data arriving then is discarded), so the socket closes gracefully instead of with a reset.
+    """
+
+    stdin_buffer: int = 32 * KIB
+    stdout_buffer: int = 64 * KIB
+    stderr_buffer: int = 32 * KIB
+    max_buffered: int = 96 * KIB
+    pause_threshold: float = 0.75
+    resume_threshold: float = 0.25
+    exec_timeout: float = 0.0
+    connect_timeout: float = 0.0
+    idle_timeout: float = 0.0
+    close_timeout: float = 2.0
+    stderr: StderrMode = StderrMode.MERGE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stderr, str) and not isinstance(self.stderr, StderrMode):
+            try:
+                object.__setattr__(self, "stderr", StderrMode(self.stderr))
+            except ValueError:
+                choices = ", ".join(mode.value for mode in StderrMode)
+                raise ConfigError("stderr", f"{self.stderr!r} is not one of {choices}") from None
+        if not isinstance(self.stderr, StderrMode):
+            raise ConfigError("stderr", f"expected a StderrMode, not {self.stderr!r}")
+        for name in ("stdin_buffer", "stdout_buffer", "stderr_buffer", "max_buffered"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(name, f"expected an int number of bytes, not {value!r}")
+            if not 1 <= value <= 1 << 30:
+                raise ConfigError(name, f"must be between 1 byte and 1 GiB, not {value}")
+        largest = max(self.stdin_buffer, self.stdout_buffer)
+        if self.max_buffered <= largest:
+            raise ConfigError("max_buffered", f"{self.max_buffered} must exceed the largest "
+                                              f"buffer ({largest}), or one direction stuck "
+                                              "full could starve the other")
+        for name in ("pause_threshold", "resume_threshold"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value <= 1:
+                raise ConfigError(name, f"must be a fraction in (0, 1], not {value!r}")
+        if self.resume_threshold >= self.pause_threshold:
+            raise ConfigError("resume_threshold",
+                              f"{self.resume_threshold} must be below pause_threshold "
+                              f"({self.pause_threshold}), or reading would never pause")
+        for name in ("exec_timeout", "connect_timeout", "idle_timeout", "close_timeout"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < math.inf:
+                raise ConfigError(name, f"must be a number of seconds >= 0 (0 = off), "
+                                        f"not {value!r}")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in fields(cls))
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and not math.isnan(value))

@@ -1,0 +1,282 @@
+"""The event loop interface the backends implement, and what they share.
+
+A loop runs callbacks, timers and I/O on one thread. I/O is *completion style*: a stream is
+asked to read or write and calls back when that is done, whatever the kernel's model is (the
+selectors backend turns readiness into completions; the IOCP backend gets completions from the
+port). One request per direction per stream at a time; a closed stream calls back no more.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import StderrMode
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "Child",
+    "Loop",
+    "ReadCallback",
+    "Stream",
+    "Timer",
+    "WriteCallback",
+    "default_backend",
+    "open_loop",
+]
+
+BACKEND_ENV = "NTAFD_EXEC_BACKEND"
+"""Environment variable that overrides the backend choice (``iocp`` or ``selectors``)."""
+BACKENDS = ("iocp", "selectors")
+MAX_SKIPPED_WAITS = 16
+
+ReadCallback = Callable[[bytes, BaseException | None], None]
+"""Called with the bytes read (``b""`` at end of data) or, on failure, ``b""`` and the error."""
+WriteCallback = Callable[[int, BaseException | None], None]
+"""Called with the number of bytes written (maybe fewer than asked) or ``0`` and the error."""
+
+
+class Stream(ABC):
+    """One end of a socket or pipe, driven by the loop."""
+
+    @abstractmethod
+    def read(self, size: int, callback: ReadCallback) -> None:
+        """Read up to ``size`` bytes; ``callback`` gets them later (never re-entrantly)."""
+
+    @abstractmethod
+    def write(self, data: bytes, callback: WriteCallback) -> None:
+        """Write a prefix of ``data`` (the stream keeps its own reference until done)."""
+
+    @abstractmethod
+    def shutdown_write(self) -> None:
+        """Signal end of data to the other side (socket: ``SHUT_WR``; pipe: close)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the handle or fd; requests still outstanding are cancelled silently."""
+
+
+class Child(ABC):
+    """A child process (and, through a process group or job object, its whole tree)."""
+
+    pid: int
+    stdin: Stream
+    stdout: Stream
+    stderr: Stream | None
+    """Only in :attr:`StderrMode.SEPARATE`."""
+
+    @abstractmethod
+    def watch_exit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(returncode)`` once the child has exited and been reaped."""
+
+    def expect_exit(self) -> None:  # noqa: B027 - an optional hint, a no-op by default
+        """A hint: the child closed its output, so its exit is probably near."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Kill the child and everything it started. Idempotent; the exit is still reported."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what is left (streams, job object...). The child must have been reaped."""
+
+
+class Timer:
+    """A scheduled call; :meth:`cancel` stops it."""
+
+    __slots__ = ("args", "callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop(ABC):
+    """One thread's event loop: ready callbacks, timers, and the backend's I/O wait.
+
+    Everything but :meth:`call_soon_threadsafe` and :meth:`stop` must be called on the loop's
+    thread.
+    """
+
+    backend: str
+    WRITES_COMPLETE_LATER = False
+    """Whether a write usually completes on a later turn of the loop (overlapped I/O) rather
+    than at once (a non-blocking write): then a session writes half a buffer at a time, so
+    the next read can proceed meanwhile."""
+    MAX_WAIT: float | None = None
+    """Upper bound of one I/O wait (``None``: none), so signal handlers get to run."""
+
+    def __init__(self) -> None:
+        self._ready: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque())
+        self._threadsafe: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque())
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._serial = itertools.count()
+        self._stopping = False
+        self._closed = False
+        self._thread: int | None = None
+        self._skipped_waits = 0
+
+    # -- scheduling ----------------------------------------------------------------------------
+    def time(self) -> float:
+        return time.monotonic()
+
+    def call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        self._ready.append((callback, args))
+
+    def call_soon_threadsafe(self, callback: Callable[..., None], *args: Any) -> None:
+        """Schedule from any thread (or a signal handler) and wake the loop."""
+        self._threadsafe.append((callback, args))
+        self._wakeup()
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer:
+        timer = Timer(self.time() + max(0.0, delay), callback, args)
+        heapq.heappush(self._timers, (timer.when, next(self._serial), timer))
+        return timer
+
+    def stop(self) -> None:
+        """End :meth:`run` after the current iteration. Thread-safe."""
+        self._stopping = True
+        self._wakeup()
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, until: Callable[[], bool] | None = None, timeout: float | None = None) -> bool:
+        """Run until ``until()`` is true (checked before each iteration), :meth:`stop`, or
+        ``timeout`` seconds. Returns whether ``until()`` became true (``False`` without one)."""
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        deadline = None if timeout is None else self.time() + timeout
+        self._stopping = False
+        self._thread = threading.get_ident()
+        try:
+            while True:
+                if until is not None and until():
+                    return True
+                self._run_once(deadline)
+                if self._stopping or (deadline is not None and self.time() >= deadline):
+                    return False
+        finally:
+            self._thread = None
+
+    def _run_once(self, deadline: float | None) -> None:
+        while self._threadsafe:
+            self._ready.append(self._threadsafe.popleft())
+        if self._ready and not self._stopping and self._skipped_waits < MAX_SKIPPED_WAITS:
+            # Callbacks are ready: run them before asking the kernel for more (under Wine even
+            # a zero-timeout wait is a wineserver round trip). I/O is still checked at least
+            # every MAX_SKIPPED_WAITS iterations, so it cannot starve.
+            self._skipped_waits += 1
+        else:
+            self._skipped_waits = 0
+            self._wait(self._wait_time(deadline))
+        now = self.time()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            if not timer.cancelled:
+                self._ready.append((timer.callback, timer.args))
+        # Only what is ready now: callbacks scheduled by these run in the next iteration, so
+        # I/O is never starved.
+        for _ in range(len(self._ready)):
+            callback, args = self._ready.popleft()
+            callback(*args)
+
+    def _wait_time(self, deadline: float | None) -> float | None:
+        if self._ready or self._stopping:
+            return 0.0
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)  # a cancelled timer must not bound the wait
+        wait = None
+        if self._timers:
+            wait = max(0.0, self._timers[0][0] - self.time())
+        if deadline is not None:
+            remaining = max(0.0, deadline - self.time())
+            wait = remaining if wait is None else min(wait, remaining)
+        if self.MAX_WAIT is not None:
+            wait = self.MAX_WAIT if wait is None else min(wait, self.MAX_WAIT)
+        return wait
+
+    # -- backend -----------------------------------------------------------------------------
+    @abstractmethod
+    def _wait(self, timeout: float | None) -> None:
+        """Wait for I/O up to ``timeout`` seconds and run its callbacks."""
+
+    @abstractmethod
+    def _wakeup(self) -> None:
+        """End a wait in progress (thread-safe, signal-safe)."""
+
+    @abstractmethod
+    def socket_stream(self, sock: socket.socket) -> Stream:
+        """A stream on a connected socket (made non-blocking). The socket stays the caller's:
+        :meth:`Stream.close` releases only the loop's hold on it."""
+
+    @abstractmethod
+    def spawn(self, command: Sequence[str] | str, *, shell: bool, stderr: StderrMode,
+              pipe_sizes: tuple[int, int, int], cwd: str | None = None,
+              env: dict[str, str] | None = None) -> Child:
+        """Start ``command`` with its stdio on pipes; ``pipe_sizes`` = (stdin, stdout, stderr)."""
+
+    @abstractmethod
+    def add_acceptor(self, listener: socket.socket, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``listener`` has connections to accept."""
+
+    @abstractmethod
+    def remove_acceptor(self, listener: socket.socket) -> None:
+        """Stop watching ``listener`` (before closing it)."""
+
+    def close(self) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Loop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def default_backend() -> str:
+    """``$NTAFD_EXEC_BACKEND`` if set, else ``iocp`` on Windows and ``selectors`` elsewhere."""
+    chosen = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if chosen:
+        if chosen not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={chosen!r}: expected one of {', '.join(BACKENDS)}")
+        return chosen
+    return "iocp" if sys.platform == "win32" else "selectors"
+
+
+def open_loop(backend: str | None = None) -> Loop:
+    """A new loop on ``backend`` (default: :func:`default_backend`)."""
+    backend = backend or default_backend()
+    if backend == "iocp":
+        if sys.platform != "win32":
+            raise ValueError("the iocp backend needs Windows (or Wine); this is "
+                             f"{sys.platform!r}: use the selectors backend")
+        from .iocp_backend import IocpLoop
+        return IocpLoop()
+    if backend == "selectors":
+        if sys.platform == "win32":
+            raise ValueError("the selectors backend needs POSIX pipes (select() on Windows "
+                             "takes sockets only): use the iocp backend")
+        from .posix_backend import SelectorLoop
+        return SelectorLoop()
+    raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")

@@ -1,0 +1,403 @@
+"""The selectors backend (POSIX): non-blocking pipes and sockets, readiness turned into
+completions, children in their own session so the whole tree can be killed.
+
+Exit detection: a pidfd (Linux ≥ 5.3) becomes readable when the child exits, *before* it is
+reaped; the zombie keeps its pid — and so its process group id — reserved, so the group is
+killed (whatever the child left running) and only then reaped. Without pidfds the child is
+polled with ``waitid(WNOWAIT)``, which also leaves it unreaped.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if sys.platform == "win32":  # pragma: no cover - open_loop() refuses first
+    raise ImportError("execsession.posix_backend needs POSIX pipes; use the iocp backend")
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Sequence
+
+from .config import StderrMode
+from .loop import Child, Loop, ReadCallback, Stream, WriteCallback
+
+__all__ = ["SelectorLoop"]
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+POLL_MIN = 0.002
+POLL_MAX = 0.1
+
+
+class _Watch:
+    """One fd's interest in the selector; applied lazily before each wait, so a read that
+    completes and is re-issued within one iteration costs no ``epoll_ctl``."""
+
+    __slots__ = ("closed", "fd", "mask", "reader", "writer")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reader: Callable[[], None] | None = None
+        self.writer: Callable[[], None] | None = None
+        self.mask = 0
+        self.closed = False
+
+
+class SelectorLoop(Loop):
+    """:class:`Loop` on ``selectors.DefaultSelector`` (epoll on Linux)."""
+
+    backend = "selectors"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._selector = selectors.DefaultSelector()
+        self._dirty: dict[_Watch, None] = {}
+        self._acceptors: dict[int, _Watch] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_watch = _Watch(self._wake_r.fileno())
+        self._wake_watch.reader = self._drain_wakeups
+        self._changed(self._wake_watch)
+
+    # -- interest ------------------------------------------------------------------------------
+    def _changed(self, watch: _Watch) -> None:
+        self._dirty[watch] = None
+
+    def _forget(self, watch: _Watch) -> None:
+        """Unregister now: the fd may be closed (and its number reused) right after."""
+        watch.closed = True
+        watch.reader = watch.writer = None
+        self._dirty.pop(watch, None)
+        if watch.mask:
+            self._selector.unregister(watch.fd)
+            watch.mask = 0
+
+    def _apply(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        selector = self._selector
+        for watch in dirty:
+            mask = (EVENT_READ if watch.reader else 0) | (EVENT_WRITE if watch.writer else 0)
+            if mask == watch.mask:
+                continue
+            if not watch.mask:
+                selector.register(watch.fd, mask, watch)
+            elif not mask:
+                selector.unregister(watch.fd)
+            else:
+                selector.modify(watch.fd, mask, watch)
+            watch.mask = mask
+
+    def _wait(self, timeout: float | None) -> None:
+        self._apply()
+        for key, mask in self._selector.select(timeout):
+            watch: _Watch = key.data
+            if watch.closed:
+                continue
+            if mask & EVENT_READ and watch.reader is not None:
+                watch.reader()
+            if mask & EVENT_WRITE and watch.writer is not None and not watch.closed:
+                watch.writer()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _wakeup(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake (buffer full), or closing
+
+    # -- factories -----------------------------------------------------------------------------
+    def socket_stream(self, sock: socket.socket) -> Stream:
+        sock.setblocking(False)
+        return _FdStream(self, sock.fileno(), sock=sock)
+
+    def spawn(self, command: Sequence[str] | str, *, shell: bool, stderr: StderrMode,
+              pipe_sizes: tuple[int, int, int], cwd: str | None = None,
+              env: dict[str, str] | None = None) -> Child:
+        return _PosixChild(self, command, shell=shell, stderr=stderr, cwd=cwd, env=env)
+
+    def add_acceptor(self, listener: socket.socket, callback: Callable[[], None]) -> None:
+        listener.setblocking(False)
+        watch = _Watch(listener.fileno())
+        watch.reader = callback
+        self._acceptors[listener.fileno()] = watch
+        self._changed(watch)
+
+    def remove_acceptor(self, listener: socket.socket) -> None:
+        watch = self._acceptors.pop(listener.fileno(), None)
+        if watch is not None:
+            self._forget(watch)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        super().close()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class _FdStream(Stream):
+    """A non-blocking socket or pipe fd. Writes are tried at once (they usually succeed);
+    reads wait for readiness, except right after a read that filled its buffer (more data is
+    likely waiting, and a failed try costs less than a wait)."""
+
+    __slots__ = ("_eager", "_fd", "_loop", "_owns", "_read_cb", "_read_size", "_sock",
+                 "_watch", "_write_cb", "_write_data")
+
+    def __init__(self, loop: SelectorLoop, fd: int, *, sock: socket.socket | None = None,
+                 owns: bool = False) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._sock = sock
+        self._owns = owns
+        self._watch = _Watch(fd)
+        self._read_cb: ReadCallback | None = None
+        self._read_size = 0
+        self._write_cb: WriteCallback | None = None
+        self._write_data = b""
+        self._eager = False
+
+    def _read_now(self, size: int) -> bytes:
+        if self._sock is not None:
+            return self._sock.recv(size)
+        return os.read(self._fd, size)
+
+    def _write_now(self, data: bytes) -> int:
+        if self._sock is not None:
+            return self._sock.send(data)
+        return os.write(self._fd, data)
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self, size: int, callback: ReadCallback) -> None:
+        if self._watch.closed:
+            raise ValueError("read on a closed stream")
+        if self._eager:
+            try:
+                data = self._read_now(size)
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                self._loop.call_soon(self._deliver_read, callback, b"", error)
+                return
+            else:
+                self._eager = len(data) == size
+                self._loop.call_soon(self._deliver_read, callback, data, None)
+                return
+        self._read_cb = callback
+        self._read_size = size
+        self._watch.reader = self._on_readable
+        self._loop._changed(self._watch)
+
+    def _deliver_read(self, callback: ReadCallback, data: bytes,
+                      error: BaseException | None) -> None:
+        if not self._watch.closed:
+            callback(data, error)
+
+    def _on_readable(self) -> None:
+        callback = self._read_cb
+        assert callback is not None
+        error: OSError | None = None
+        try:
+            data = self._read_now(self._read_size)
+        except BlockingIOError:
+            return  # spurious: stay armed
+        except OSError as failure:
+            data, error = b"", failure
+        self._eager = len(data) == self._read_size
+        self._read_cb = None
+        self._watch.reader = None
+        self._loop._changed(self._watch)
+        callback(data, error)
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(self, data: bytes, callback: WriteCallback) -> None:
+        if self._watch.closed:
+            raise ValueError("write on a closed stream")
+        try:
+            count = self._write_now(data)
+        except BlockingIOError:
+            self._write_cb = callback
+            self._write_data = data
+            self._watch.writer = self._on_writable
+            self._loop._changed(self._watch)
+            return
+        except OSError as error:
+            self._loop.call_soon(self._deliver_write, callback, 0, error)
+            return
+        self._loop.call_soon(self._deliver_write, callback, count, None)
+
+    def _deliver_write(self, callback: WriteCallback, count: int,
+                       error: BaseException | None) -> None:
+        if not self._watch.closed:
+            callback(count, error)
+
+    def _on_writable(self) -> None:
+        callback = self._write_cb
+        assert callback is not None
+        error: OSError | None = None
+        try:
+            count = self._write_now(self._write_data)
+        except BlockingIOError:
+            return
+        except OSError as failure:
+            count, error = 0, failure
+        self._write_cb = None
+        self._write_data = b""
+        self._watch.writer = None
+        self._loop._changed(self._watch)
+        callback(count, error)
+
+    # -- ending --------------------------------------------------------------------------------
+    def shutdown_write(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the peer is gone already: the next read or write says so
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self._watch.closed:
+            return
+        self._loop._forget(self._watch)
+        self._read_cb = None
+        self._write_cb = None
+        if self._owns:
+            os.close(self._fd)
+
+
+class _PosixChild(Child):
+    def __init__(self, loop: SelectorLoop, command: Sequence[str] | str, *, shell: bool,
+                 stderr: StderrMode, cwd: str | None, env: dict[str, str] | None) -> None:
+        self._loop = loop
+        ours: list[int] = []
+        theirs: list[int] = []
+        try:
+            stdin_r, stdin_w = os.pipe()  # os.pipe() fds are close-on-exec
+            ours.append(stdin_w)
+            theirs.append(stdin_r)
+            stdout_r, stdout_w = os.pipe()
+            ours.append(stdout_r)
+            theirs.append(stdout_w)
+            stderr_r: int | None = None
+            child_stderr: int
+            if stderr is StderrMode.SEPARATE:
+                stderr_r, child_stderr = os.pipe()
+                ours.append(stderr_r)
+                theirs.append(child_stderr)
+            elif stderr is StderrMode.MERGE:
+                child_stderr = stdout_w
+            else:
+                child_stderr = subprocess.DEVNULL
+            # start_new_session: the child leads a new session and process group, so killpg
+            # reaches everything it starts (unless that calls setsid itself).
+            self._process = subprocess.Popen(
+                command, shell=shell, stdin=stdin_r, stdout=stdout_w, stderr=child_stderr,
+                start_new_session=True, close_fds=True, cwd=cwd, env=env)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        for fd in ours:
+            os.set_blocking(fd, False)
+        self.pid = self._process.pid
+        self.stdin = _FdStream(loop, stdin_w, owns=True)
+        self.stdout = _FdStream(loop, stdout_r, owns=True)
+        self.stderr = _FdStream(loop, stderr_r, owns=True) if stderr_r is not None else None
+        self._returncode: int | None = None
+        self._on_exit: Callable[[int], None] | None = None
+        self._pidfd: int | None = None
+        self._pid_watch: _Watch | None = None
+        self._poll_delay = POLL_MIN
+
+    def watch_exit(self, callback: Callable[[int], None]) -> None:
+        self._on_exit = callback
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._loop.call_later(POLL_MIN, self._poll)
+            return
+        self._pid_watch = _Watch(self._pidfd)
+        self._pid_watch.reader = self._reap
+        self._loop._changed(self._pid_watch)
+
+    def expect_exit(self) -> None:
+        self._poll_delay = POLL_MIN
+
+    def _poll(self) -> None:
+        if self._returncode is not None:
+            return
+        if hasattr(os, "waitid"):
+            try:
+                exited = os.waitid(os.P_PID, self.pid,
+                                   os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            except ChildProcessError:
+                exited = True
+        else:  # pragma: no cover - platforms without waitid
+            exited = self._process.poll() is not None
+        if exited:
+            self._reap()
+            return
+        self._poll_delay = min(POLL_MAX, self._poll_delay * 2)
+        self._loop.call_later(self._poll_delay, self._poll)
+
+    def _reap(self) -> None:
+        if self._returncode is not None:
+            return
+        self._kill_group()  # the leader is a zombie: its group id is still ours
+        self._returncode = self._process.wait()
+        if self._pid_watch is not None:
+            self._loop._forget(self._pid_watch)
+            self._pid_watch = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._on_exit is not None:
+            self._on_exit(self._returncode)
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            # The group is gone and its id reused by someone else's: kill the leader only.
+            self._process.kill()
+
+    def kill(self) -> None:
+        if self._returncode is None:  # once reaped, the pid may belong to another process
+            self._kill_group()
+            self._poll_delay = POLL_MIN
+
+    def close(self) -> None:
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        if self._returncode is None:
+            # Not reaped in time (the session gave up waiting): kill and reap it blocking-ly,
+            # briefly; subprocess reaps it later otherwise.
+            self._kill_group()
+            try:
+                self._returncode = self._process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+            if self._pid_watch is not None:
+                self._loop._forget(self._pid_watch)
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+

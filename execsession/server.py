@@ -1,0 +1,222 @@
+"""ExecServer: listen, check each client against allow/deny and max-conns, and give each one an
+:class:`~execsession.session.ExecSession` on the shared loop."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Iterable, Sequence
+
+from .config import ExecSessionConfig
+from .loop import Loop
+from .session import ExecSession, SessionResult
+
+__all__ = ["AddressFilter", "ExecServer", "is_loopback_host", "parse_listen"]
+
+log = logging.getLogger("execsession.server")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ACCEPT_BACKOFF = 0.1
+"""Seconds to stop accepting after ``accept`` failed for lack of fds or memory."""
+_OUT_OF_RESOURCES_ERRNO = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_OUT_OF_RESOURCES_WINERROR = {10024, 10055}  # WSAEMFILE, WSAENOBUFS
+
+
+def _out_of_resources(error: OSError) -> bool:
+    return (error.errno in _OUT_OF_RESOURCES_ERRNO
+            or getattr(error, "winerror", None) in _OUT_OF_RESOURCES_WINERROR)
+
+
+def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``[HOST:]PORT`` (IPv6 hosts in brackets: ``[::1]:8000``) → ``(host, port)``."""
+    host, separator, port_text = text.rpartition(":")
+    if not separator:
+        host = default_host
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 address in brackets, e.g. [::1]:8000")
+    if not host:
+        host = default_host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{text!r}: the port must be a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: the port must be between 0 and 65535")
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether every address ``host`` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(
+        ipaddress.ip_address(str(address).split("%")[0]).is_loopback for address in addresses)
+
+
+class AddressFilter:
+    """``--allow`` / ``--deny``: IP addresses and CIDR networks. A client is accepted if it is
+    in no deny network and, when allow networks are given, in one of them."""
+
+    def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
+        self.allow = [self._network(text, "allow") for text in allow]
+        self.deny = [self._network(text, "deny") for text in deny]
+
+    @staticmethod
+    def _network(text: str, option: str) -> Network:
+        try:
+            return ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"--{option} {text!r}: not an IP address or CIDR network") from None
+
+    def permits(self, host: str) -> bool:
+        address = ipaddress.ip_address(host.split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in network for network in self.deny):
+            return False
+        return not self.allow or any(address in network for network in self.allow)
+
+
+class ExecServer:
+    """Accepts clients on ``(host, port)`` and runs ``command`` for each, on ``loop``.
+
+    Without ``keep_open`` the first accepted client is the only one: the listener closes and
+    the server is :attr:`done` when that session ends. ``max_conns`` (0 = no limit) caps the
+    sessions running at once: a client beyond it, or one the filter refuses, is accepted and
+    closed at once (a clean FIN, no data). :meth:`close` stops accepting and kills every child.
+    """
+
+    def __init__(self, loop: Loop, address: tuple[str, int], command: Sequence[str] | str, *,
+                 shell: bool = False, config: ExecSessionConfig | None = None,
+                 keep_open: bool = False, max_conns: int = 0,
+                 address_filter: AddressFilter | None = None,
+                 stderr_sink: Callable[[bytes], None] | None = None,
+                 on_session_done: Callable[[SessionResult], None] | None = None,
+                 backlog: int = 128) -> None:
+        if max_conns < 0:
+            raise ValueError(f"max_conns must be >= 0 (0 = no limit), not {max_conns}")
+        self.loop = loop
+        self.command = command
+        self.shell = shell
+        self.config = config or ExecSessionConfig()
+        self.keep_open = keep_open
+        self.max_conns = max_conns
+        self.filter = address_filter or AddressFilter()
+        self.stderr_sink = stderr_sink
+        self.on_session_done = on_session_done
+        self.sessions: set[ExecSession] = set()
+        self.results: list[SessionResult] = []
+        self.refused = 0
+        self._accepted_one = False
+        self._accept_paused = False
+        self._closed = False
+        infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, sockaddr = infos[0]
+        listener = socket.socket(family, kind, proto)
+        try:
+            if hasattr(socket, "SO_REUSEADDR") and not hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(sockaddr)
+            listener.listen(backlog)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener: socket.socket | None = listener
+        self.address: tuple[str, int] = listener.getsockname()[:2]
+        loop.add_acceptor(listener, self._on_acceptable)
+
+    @property
+    def done(self) -> bool:
+        """Closed (or, without ``keep_open``, its one client served) and no session left."""
+        return (self._closed or (not self.keep_open and self._accepted_one)) and not self.sessions
+
+    def _on_acceptable(self) -> None:
+        while self._listener is not None and not self._accept_paused:
+            try:
+                conn, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if _out_of_resources(error):
+                    # The connection stays queued and the listener stays ready: accepting again
+                    # at once would spin. Stop watching it for a moment instead.
+                    log.warning("accept failed: %s; pausing accepts for %.1f s", str(error),
+                                ACCEPT_BACKOFF)
+                    self._pause_accepting()
+                    return
+                log.debug("accept failed: %s", str(error))  # e.g. the client reset first: skip it
+                continue
+            self._admit(conn, peer)
+
+    def _pause_accepting(self) -> None:
+        if self._listener is None:
+            return
+        self._accept_paused = True
+        self.loop.remove_acceptor(self._listener)
+        self.loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused = False
+        if self._listener is not None:
+            self.loop.add_acceptor(self._listener, self._on_acceptable)
+
+    def _admit(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        host = str(peer[0])
+        if not self.filter.permits(host):
+            log.info("refused %s:%s (not allowed)", host, peer[1])
+            self._refuse(conn)
+            return
+        if self.max_conns and len(self.sessions) >= self.max_conns:
+            log.info("refused %s:%s (%d connections already)", host, peer[1], len(self.sessions))
+            self._refuse(conn)
+            return
+        log.info("connection from %s:%s", host, peer[1])
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = ExecSession(conn, self.command, loop=self.loop, config=self.config,
+                              shell=self.shell, stderr_sink=self.stderr_sink,
+                              on_done=lambda result: self._session_done(session, result))
+        self.sessions.add(session)
+        if not self.keep_open:
+            self._accepted_one = True
+            self._stop_listening()
+        session.start()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        self.refused += 1
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        conn.close()
+
+    def _session_done(self, session: ExecSession, result: SessionResult) -> None:
+        self.sessions.discard(session)
+        self.results.append(result)
+        log.info("child %s: %s, exit code %s", session.pid, result.reason, result.returncode)
+        if self.on_session_done is not None:
+            self.on_session_done(result)
+
+    def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            if not self._accept_paused:
+                self.loop.remove_acceptor(listener)
+            listener.close()
+
+    def close(self) -> None:
+        """Stop accepting and kill every session's child (they end once reaped)."""
+        self._closed = True
+        self._stop_listening()
+        for session in list(self.sessions):
+            session.abort("server-shutdown")

@@ -1,0 +1,488 @@
+"""ExecSession: one connected socket relayed to one child process, on a shared loop.
+
+The state machine is the same for every backend; the loop supplies completion-style streams
+and the child. Rules it keeps:
+
+* Bytes move through two buffers (client → stdin, stdout → client); a buffer's head is only
+  dropped once a write *completed* with that many bytes, so a partial write loses or reorders
+  nothing. One read and one write per stream at a time.
+* Client EOF: the stdin buffer is drained, then the child's stdin is closed.
+  Child stdout (+ stderr) EOF: the output buffer is drained, then the socket is half-closed.
+* The session ends when the output is sent and the child has exited (its code is in the
+  result). It then waits up to ``close_timeout`` for the client's EOF, discarding what comes,
+  so the close is graceful.
+* Client disconnect (reset, or a send that fails), a timeout or :meth:`abort`: the child's tree
+  is killed, the socket closed, and the session ends once the child is reaped.
+* Every fd, handle and process is released by :meth:`_finish`, on every path.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .config import ExecSessionConfig
+from .loop import Child, Loop, Stream, Timer, open_loop
+
+__all__ = ["ExecSession", "SessionResult"]
+
+log = logging.getLogger("execsession")
+# Log messages get str(error), never the exception: a record that keeps an exception keeps its
+# traceback's frames, and with them sessions and loops, alive (log capture holds records).
+
+READ_CHUNK = 256 * 1024
+"""Largest single read or write."""
+
+EXIT_GRACE = 10.0
+"""Seconds to wait for a killed child to be reaped before giving up on its exit code."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResult:
+    """How a session ended.
+
+    ``reason``: ``exited`` (the normal end), ``client-disconnected``, ``exec-timeout``,
+    ``connect-timeout``, ``idle-timeout``, ``aborted`` (by :meth:`ExecSession.abort`),
+    ``server-shutdown`` or ``spawn-failed``. ``returncode``: the child's exit code (negative
+    signal number on POSIX), ``None`` if it never ran. ``pauses``: how often flow control
+    stopped reading a source; ``peak_buffered``: the most bytes held at once (never above
+    ``max_buffered``: a read is only issued for the room left).
+    """
+
+    reason: str
+    returncode: int | None
+    bytes_from_client: int
+    bytes_to_client: int
+    bytes_stderr: int
+    pauses: int
+    peak_buffered: int
+    duration: float
+    error: str | None = None
+
+
+class _Flow:
+    """Pause/resume with hysteresis for one source feeding one buffer."""
+
+    __slots__ = ("capacity", "paused", "pauses")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.paused = False
+        self.pauses = 0
+
+    def may_read(self, used: int, total: int, config: ExecSessionConfig) -> bool:
+        if self.paused:
+            if used <= config.resume_threshold * self.capacity and (
+                    used == 0 or total <= config.resume_threshold * config.max_buffered):
+                self.paused = False
+        elif (used >= config.pause_threshold * self.capacity
+              or total >= config.pause_threshold * config.max_buffered):
+            self.paused = True
+            self.pauses += 1
+        return not self.paused
+
+
+class ExecSession:
+    """Relays ``sock`` (connected; the session owns and closes it) to a child running
+    ``command`` (an argv list, or a string run by the shell with ``shell=True``).
+
+    Call :meth:`start`; the loop does the rest. ``on_done(result)`` is called once, on the
+    loop's thread, when everything is released. ``stderr_sink`` receives the child's stderr in
+    ``separate`` mode (default: dropped). Without ``loop`` the session makes its own: call
+    :meth:`run`.
+    """
+
+    def __init__(self, sock: socket.socket, command: Sequence[str] | str, *,
+                 loop: Loop | None = None, config: ExecSessionConfig | None = None,
+                 shell: bool = False, stderr_sink: Callable[[bytes], None] | None = None,
+                 on_done: Callable[[SessionResult], None] | None = None,
+                 cwd: str | None = None, env: dict[str, str] | None = None) -> None:
+        if isinstance(command, str) and not shell:
+            raise TypeError("command: a string needs shell=True; pass an argv list otherwise")
+        if not isinstance(command, str) and not command:
+            raise ValueError("command: the argv list is empty")
+        self._own_loop = loop is None
+        self.loop: Loop = loop if loop is not None else open_loop()
+        self.config = config or ExecSessionConfig()
+        self._sock = sock
+        self._command = command
+        self._shell = shell
+        self._cwd = cwd
+        self._env = env
+        self._stderr_sink = stderr_sink
+        self._on_done = on_done
+        self.result: SessionResult | None = None
+
+        self._client: Stream | None = None
+        self._child: Child | None = None
+        self._to_child = bytearray()
+        self._to_client = bytearray()
+        self._reserved_child = 0  # bytes a pending socket read may still add to _to_child
+        self._reserved_client = 0
+        self._in_flow = _Flow(self.config.stdin_buffer)
+        self._out_flow = _Flow(self.config.stdout_buffer)
+        self._reading_client = self._reading_out = self._reading_err = False
+        self._writing_child = self._writing_client = False
+        # Bytes handed to a write that has not completed: still held (they count against the
+        # hard limits), but not "waiting", so they do not keep a reader paused. A write takes
+        # at most half a buffer when writes complete later (overlapped I/O), so the next read
+        # can proceed while it is in flight.
+        self._inflight_child = self._inflight_client = 0
+        share = 2 if self.loop.WRITES_COMPLETE_LATER else 1
+        self._child_chunk = max(1, min(READ_CHUNK, self.config.stdin_buffer // share))
+        self._client_chunk = max(1, min(READ_CHUNK, self.config.stdout_buffer // share))
+        self._client_eof = self._out_eof = self._err_eof = False
+        self._stdin_closed = self._stdin_broken = self._shut_wr = False
+        self._returncode: int | None = None
+        self._exited = False
+        self._closing = False  # output sent, child gone: waiting for the client's EOF
+        self._aborting: str | None = None
+        self._error: str | None = None
+        self._finished = False
+        self._started = False
+        self._started_at = 0.0
+        self._last_activity = 0.0
+        self._active = False
+        self._timer: Timer | None = None
+        self._close_deadline = 0.0
+        self._bytes_in = self._bytes_out = self._bytes_err = 0
+        self._peak = 0
+
+    # -- life cycle ----------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def start(self) -> None:
+        """Spawn the child and start relaying. A spawn failure ends the session at once
+        (``reason == "spawn-failed"``), with the socket closed."""
+        if self._started:
+            raise RuntimeError("the session was already started")
+        self._started = True
+        loop = self.loop
+        self._started_at = self._last_activity = loop.time()
+        config = self.config
+        try:
+            self._client = loop.socket_stream(self._sock)
+            self._child = loop.spawn(self._command, shell=self._shell, stderr=config.stderr,
+                                     pipe_sizes=(config.stdin_buffer, config.stdout_buffer,
+                                                 config.stderr_buffer),
+                                     cwd=self._cwd, env=self._env)
+        except (OSError, ValueError) as error:
+            log.warning("cannot start %r: %s", self._command, str(error))
+            self._error = f"{type(error).__name__}: {error}"
+            self._aborting = "spawn-failed"
+            self._exited = True
+            loop.call_soon(self._finish)
+            return
+        log.debug("session started: pid %d", self._child.pid)
+        if self._child.stderr is None:
+            self._err_eof = True
+        self._child.watch_exit(self._on_exit)
+        self._schedule_timeouts()
+        self._pump()
+
+    def run(self, timeout: float | None = None) -> SessionResult | None:
+        """Start (if needed) and run the session's own loop until it is done."""
+        if not self._started:
+            self.start()
+        self.loop.run(until=lambda: self._finished, timeout=timeout)
+        if self._own_loop and self._finished:
+            self.loop.close()
+        return self.result
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Kill the child's tree and drop the connection; the session ends once it is reaped."""
+        if self._finished or self._aborting is not None:
+            return
+        log.info("session pid %s: %s", self.pid, reason)
+        self._aborting = reason
+        self._close_client()
+        if self._child is not None:
+            self._child.kill()
+        if self._exited:
+            self.loop.call_soon(self._finish)
+        else:
+            self._reschedule(EXIT_GRACE)
+
+    # -- the pump: decide what to read and write next ---------------------------------------
+    def _total(self) -> int:
+        return (len(self._to_child) + len(self._to_client) + self._reserved_child
+                + self._reserved_client)
+
+    def _pump(self) -> None:
+        if self._finished or self._aborting is not None:
+            return
+        config = self.config
+        client = self._client
+        child = self._child
+        assert client is not None and child is not None
+        total = self._total()
+        inflight = self._inflight_child + self._inflight_client
+
+        # client -> child stdin
+        if not self._reading_client and not self._client_eof:
+            if self._stdin_closed or self._stdin_broken or self._closing:
+                self._reading_client = True  # nobody will read it: drain to see EOF or reset
+                client.read(READ_CHUNK, self._on_client_discard)
+            else:
+                used = len(self._to_child) + self._reserved_child
+                if self._in_flow.may_read(used - self._inflight_child, total - inflight, config):
+                    size = min(READ_CHUNK, config.stdin_buffer - used, config.max_buffered - total)
+                    if size > 0:
+                        self._reading_client = True
+                        self._reserved_child = size
+                        total += size
+                        client.read(size, self._on_client_data)
+        if self._to_child and not self._writing_child and not self._stdin_closed:
+            self._writing_child = True
+            chunk = bytes(self._to_child[:self._child_chunk])
+            self._inflight_child = len(chunk)
+            child.stdin.write(chunk, self._on_stdin_written)
+        elif (self._client_eof and not self._to_child and not self._writing_child
+              and not self._stdin_closed):
+            self._stdin_closed = True
+            child.stdin.shutdown_write()
+
+        # child stdout -> client
+        if not self._reading_out and not self._out_eof:
+            used = len(self._to_client) + self._reserved_client
+            inflight = self._inflight_child + self._inflight_client
+            if self._out_flow.may_read(used - self._inflight_client, total - inflight, config):
+                size = min(READ_CHUNK, config.stdout_buffer - used, config.max_buffered - total)
+                if size > 0:
+                    self._reading_out = True
+                    self._reserved_client = size
+                    child.stdout.read(size, self._on_stdout_data)
+        if (not self._reading_err and not self._err_eof and child.stderr is not None):
+            self._reading_err = True
+            child.stderr.read(config.stderr_buffer, self._on_stderr_data)
+        if self._to_client and not self._writing_client and not self._shut_wr:
+            self._writing_client = True
+            chunk = bytes(self._to_client[:self._client_chunk])
+            self._inflight_client = len(chunk)
+            client.write(chunk, self._on_client_written)
+        elif (self._out_eof and self._err_eof and not self._to_client
+              and not self._writing_client and not self._shut_wr):
+            self._shut_wr = True
+            client.shutdown_write()
+
+        held = len(self._to_child) + len(self._to_client)
+        if held > self._peak:
+            self._peak = held
+        if self._shut_wr and self._exited:
+            if self._client_eof:
+                self.loop.call_soon(self._finish)
+            elif not self._closing:
+                # Output sent, child gone: read (and drop) until the client's EOF, so that
+                # closing does not reset a connection whose last bytes are still in flight.
+                self._closing = True
+                self._close_deadline = self.loop.time() + config.close_timeout
+                self._schedule_timeouts()
+                self.loop.call_soon(self._pump)
+
+    # -- completions --------------------------------------------------------------------------
+    def _activity(self) -> None:
+        self._last_activity = self.loop.time()
+        self._active = True
+
+    def _on_client_data(self, data: bytes, error: BaseException | None) -> None:
+        self._reading_client = False
+        self._reserved_child = 0
+        if self._aborting is not None or self._finished:
+            return
+        if error is not None:
+            self._client_lost(error)
+            return
+        if not data:
+            self._client_eof = True
+        else:
+            self._bytes_in += len(data)
+            self._activity()
+            if self._stdin_broken or self._stdin_closed:
+                pass  # the child stopped reading: the bytes have nowhere to go
+            else:
+                self._to_child += data
+        self._pump()
+
+    def _on_client_discard(self, data: bytes, error: BaseException | None) -> None:
+        self._reading_client = False
+        if self._aborting is not None or self._finished:
+            return
+        if error is not None:
+            if self._closing:
+                self.loop.call_soon(self._finish)
+            else:
+                self._client_lost(error)
+            return
+        if not data:
+            self._client_eof = True
+            if self._closing:
+                self.loop.call_soon(self._finish)
+                return
+        else:
+            self._bytes_in += len(data)
+        self._pump()
+
+    def _on_stdin_written(self, count: int, error: BaseException | None) -> None:
+        self._writing_child = False
+        self._inflight_child = 0
+        if self._aborting is not None or self._finished:
+            return
+        if error is not None:
+            # The child closed its stdin (or exited): what it did not take is dropped, and the
+            # client is still read, so that its EOF or disconnect is seen.
+            log.debug("session pid %s: child stdin closed: %s", self.pid, str(error))
+            self._stdin_broken = True
+            self._to_child.clear()
+        else:
+            del self._to_child[:count]
+            self._activity()
+        self._pump()
+
+    def _on_stdout_data(self, data: bytes, error: BaseException | None) -> None:
+        self._reading_out = False
+        self._reserved_client = 0
+        if self._aborting is not None or self._finished:
+            return
+        if error is not None or not data:
+            if error is not None:
+                log.debug("session pid %s: stdout read failed: %s", self.pid, str(error))
+            self._out_eof = True
+            assert self._child is not None
+            self._child.expect_exit()
+        else:
+            self._to_client += data
+            self._activity()
+        self._pump()
+
+    def _on_stderr_data(self, data: bytes, error: BaseException | None) -> None:
+        self._reading_err = False
+        if self._aborting is not None or self._finished:
+            return
+        if error is not None or not data:
+            self._err_eof = True
+        else:
+            self._bytes_err += len(data)
+            self._activity()
+            if self._stderr_sink is not None:
+                try:
+                    self._stderr_sink(data)
+                except Exception:  # a broken sink must not break the relay
+                    log.exception("stderr sink failed; dropping the child's stderr")
+                    self._stderr_sink = None
+        self._pump()
+
+    def _on_client_written(self, count: int, error: BaseException | None) -> None:
+        self._writing_client = False
+        self._inflight_client = 0
+        if self._aborting is not None or self._finished:
+            return
+        if error is not None:
+            self._client_lost(error)
+            return
+        del self._to_client[:count]
+        self._bytes_out += count
+        self._activity()
+        self._pump()
+
+    def _on_exit(self, returncode: int) -> None:
+        self._returncode = returncode
+        self._exited = True
+        log.debug("session pid %s exited with %d", self.pid, returncode)
+        if self._aborting is not None:
+            self.loop.call_soon(self._finish)
+            return
+        if not self._finished:
+            self._pump()
+
+    def _client_lost(self, error: BaseException) -> None:
+        log.debug("session pid %s: client lost: %s", self.pid, str(error))
+        self.abort("client-disconnected")
+
+    # -- timeouts -----------------------------------------------------------------------------
+    def _deadlines(self) -> list[tuple[float, str]]:
+        config = self.config
+        if self._closing:  # the child has exited and its output was sent: only closing is left
+            return [(self._close_deadline, "close")]
+        deadlines: list[tuple[float, str]] = []
+        if config.exec_timeout:
+            deadlines.append((self._started_at + config.exec_timeout, "exec-timeout"))
+        if config.connect_timeout and not self._active:
+            deadlines.append((self._started_at + config.connect_timeout, "connect-timeout"))
+        if config.idle_timeout:
+            deadlines.append((self._last_activity + config.idle_timeout, "idle-timeout"))
+        return deadlines
+
+    def _schedule_timeouts(self) -> None:
+        deadlines = self._deadlines()
+        if deadlines:
+            self._reschedule(min(deadlines)[0] - self.loop.time())
+
+    def _reschedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._finished:
+            return
+        now = self.loop.time()
+        if self._aborting is not None:
+            # The killed child was not reaped in EXIT_GRACE seconds: give up waiting.
+            log.warning("session pid %s: child not reaped after kill", self.pid)
+            self._finish()
+            return
+        for deadline, reason in sorted(self._deadlines()):
+            if deadline <= now:
+                if reason == "close":
+                    self._finish()
+                else:
+                    self.abort(reason)
+                return
+        self._schedule_timeouts()
+
+    # -- the end ------------------------------------------------------------------------------
+    def _close_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._close_client()
+        if self._child is not None:
+            self._child.kill()  # whatever the child left running in its tree
+            self._child.close()
+        self.result = SessionResult(
+            reason=self._aborting or "exited",
+            returncode=self._returncode,
+            bytes_from_client=self._bytes_in,
+            bytes_to_client=self._bytes_out,
+            bytes_stderr=self._bytes_err,
+            pauses=self._in_flow.pauses + self._out_flow.pauses,
+            peak_buffered=self._peak,
+            duration=self.loop.time() - self._started_at,
+            error=self._error,
+        )
+        log.info("session pid %s ended: %s, exit code %s, %d bytes in, %d out",
+                 self.pid, self.result.reason, self._returncode, self._bytes_in,
+                 self._bytes_out)
+        on_done, self._on_done = self._on_done, None  # often a closure over this session
+        if on_done is not None:
+            on_done(self.result)

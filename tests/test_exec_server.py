@@ -1,0 +1,298 @@
+"""The exec server's command line, its configuration checks, and real clients nobody here wrote
+(Debian's ncat and socat) talking to it — natively, and to the Windows python under Wine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from execsession import (
+    BACKEND_ENV,
+    AddressFilter,
+    ConfigError,
+    ExecSessionConfig,
+    StderrMode,
+    default_backend,
+    open_loop,
+    parse_listen,
+)
+from execsession.__main__ import build_parser, main
+from execsession.server import is_loopback_host
+from tests.exec_support import WAIT, pattern, wait_dead
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- configuration ------------------------------------------------------------------------------
+def test_defaults_engage_flow_control() -> None:
+    config = ExecSessionConfig()
+    assert (config.stdin_buffer, config.stdout_buffer, config.stderr_buffer) == (
+        32 * 1024, 64 * 1024, 32 * 1024)
+    # stdout pauses before its buffer is full, and resumes well below that: hysteresis that
+    # a slow reader reaches (tests/test_exec_session.py shows it does).
+    assert config.pause_threshold * config.stdout_buffer < config.stdout_buffer
+    assert config.resume_threshold < config.pause_threshold
+    assert config.stderr is StderrMode.MERGE
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("stdin_buffer", 0),
+    ("stdout_buffer", -1),
+    ("stderr_buffer", 1.5),
+    ("stdout_buffer", True),
+    ("max_buffered", 64 * 1024),
+    ("pause_threshold", 0),
+    ("pause_threshold", 1.5),
+    ("resume_threshold", 0.9),
+    ("resume_threshold", float("nan")),
+    ("exec_timeout", -1),
+    ("idle_timeout", float("inf")),
+    ("connect_timeout", "5"),
+    ("close_timeout", float("nan")),
+    ("stderr", "both"),
+])
+def test_invalid_config_names_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ExecSessionConfig(**{field: value})
+    assert caught.value.field == field
+    assert field in str(caught.value)
+
+
+def test_stderr_mode_accepts_its_name() -> None:
+    assert ExecSessionConfig(stderr="discard").stderr is StderrMode.DISCARD  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("8000", ("127.0.0.1", 8000)),
+    (":8000", ("127.0.0.1", 8000)),
+    ("0.0.0.0:1", ("0.0.0.0", 1)),
+    ("[::1]:8000", ("::1", 8000)),
+    ("localhost:0", ("localhost", 0)),
+])
+def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "host:", "x:99999", "::1:80", "80a"])
+def test_parse_listen_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_listen(text)
+
+
+def test_address_filter() -> None:
+    allow_local = AddressFilter(["127.0.0.0/8", "::1"], ["127.0.0.2"])
+    assert allow_local.permits("127.0.0.1")
+    assert not allow_local.permits("127.0.0.2")
+    assert allow_local.permits("::ffff:127.0.0.1")  # IPv4-mapped
+    assert not allow_local.permits("10.1.2.3")
+    assert AddressFilter().permits("192.0.2.1")
+    with pytest.raises(ValueError, match="--deny"):
+        AddressFilter([], ["not-an-address"])
+
+
+def test_loopback_check() -> None:
+    assert is_loopback_host("127.0.0.1")
+    assert is_loopback_host("localhost")
+    assert not is_loopback_host("0.0.0.0")
+    assert not is_loopback_host("192.0.2.1")
+
+
+def test_backend_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BACKEND_ENV, "bogus")
+    with pytest.raises(ValueError, match=BACKEND_ENV):
+        default_backend()
+    other = "selectors" if sys.platform == "win32" else "iocp"
+    monkeypatch.setenv(BACKEND_ENV, other)
+    assert default_backend() == other
+    with pytest.raises(ValueError, match="backend"):
+        open_loop()
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_help_reads_like_ncats(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("-l", "--listen", "-e", "-c", "-k", "--keep-open", "-m", "--max-conns",
+                   "--allow", "--deny", "--exec-timeout", "--idle-timeout",
+                   "--connect-timeout", "--stderr", "-v", "--bind-public"):
+        assert option in text
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["-l", "0.0.0.0:0", "-e", "cat"], "--bind-public"),
+    (["-l", "8000"], "required"),
+    (["-l", "8000", "-e"], "program"),
+    (["-l", "nope", "-e", "cat"], "port"),
+    (["-l", "8000", "--stderr", "both", "-e", "cat"], "invalid choice"),
+    (["-l", "8000", "--deny", "x.y", "-e", "cat"], "--deny"),
+    (["-l", "8000", "--idle-timeout", "-1", "-e", "cat"], ">= 0"),
+    (["-l", "8000", "--buffer", "0", "-e", "cat"], "stdout_buffer"),
+])
+def test_bad_command_lines_are_refused_clearly(argv: list[str], message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_exec_takes_the_rest_of_the_line_as_argv() -> None:
+    args = build_parser().parse_args(["-l", "1", "-k", "-e", "prog", "-k", "--x"])
+    assert args.argv == ["prog", "-k", "--x"] and args.keep_open
+
+
+# -- the server as a process, with real clients --------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_listening(server: subprocess.Popen[bytes], port: int) -> None:
+    """Wait for the `listening on` line (-v), so no probe connection uses up a one-shot
+    server."""
+    assert server.stdout is not None
+    deadline = time.monotonic() + WAIT
+    seen = b""
+    while time.monotonic() < deadline:
+        line = server.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if b"listening on" in line:
+            return
+    server.kill()
+    raise AssertionError(f"the server did not start: {seen.decode(errors='replace')}")
+
+
+@pytest.fixture
+def linux_server() -> Iterator[Any]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen[bytes], int]:
+        port = _free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "execsession", "-v", "-l", str(port), *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=ROOT)
+        started.append(server)
+        _wait_listening(server, port)
+        return server, port
+
+    yield start
+    for server in started:
+        if server.poll() is None:
+            server.kill()
+        server.wait(WAIT)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def _client(argv: list[str], data: bytes) -> bytes:
+    done = subprocess.run(argv, input=data, capture_output=True, timeout=WAIT, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _ncat(port: int) -> list[str]:
+    return ["ncat", "127.0.0.1", str(port)]
+
+
+def _socat(port: int) -> list[str]:
+    return ["socat", "-t", "30", "-", f"TCP:127.0.0.1:{port}"]
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:  # pragma: no cover - tools/install-linux.sh installs it
+        pytest.fail(f"{tool} is not installed: run tools/install-linux.sh")
+
+
+@pytest.mark.posix
+@pytest.mark.parametrize("client", ["ncat", "socat"])
+def test_real_clients_through_cat(linux_server: Any, client: str) -> None:
+    _need(client)
+    _need("cat")
+    server, port = linux_server("-k", "-e", "cat")
+    argv = _ncat(port) if client == "ncat" else _socat(port)
+    assert _client(argv, b"hello\nworld\n") == b"hello\nworld\n"
+    data = pattern(4 * 1024 * 1024)
+    received = _client(argv, data)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+    assert server.poll() is None  # -k: still serving
+
+
+@pytest.mark.posix
+def test_one_shot_server_exits_after_its_client(linux_server: Any) -> None:
+    _need("ncat")
+    server, port = linux_server("-c", "tr a-z A-Z; exit 7")
+    assert _client(_ncat(port), b"shout\n") == b"SHOUT\n"
+    output, _ = server.communicate(timeout=WAIT)
+    assert server.returncode == 0
+    assert b"exit code 7" in output
+
+
+@pytest.mark.posix
+def test_sigterm_stops_accepting_and_kills_the_children(linux_server: Any) -> None:
+    _need("ncat")
+    server, port = linux_server("-k", "-c", "echo $$; exec sleep 120")
+    client = subprocess.Popen(_ncat(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert client.stdout is not None
+    child = int(client.stdout.readline())
+    server.send_signal(signal.SIGTERM)
+    server.wait(WAIT)
+    assert server.returncode == 0
+    assert wait_dead(child)
+    assert client.stdout.read() == b""  # the connection was closed
+    assert client.stdin is not None
+    client.stdin.close()  # ncat ends once its stdin ends too
+    client.wait(WAIT)
+    client.stdout.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+
+
+WINPY = ROOT / "tools" / "winpy"
+WINE_PYTHON = ROOT / ".cache" / "winpython" / "python" / "python.exe"
+
+
+@pytest.mark.posix
+@pytest.mark.parametrize("client", ["ncat", "socat"])
+def test_real_clients_to_the_windows_server_under_wine(client: str) -> None:
+    """The IOCP backend serving Debian's ncat/socat across the Wine boundary (Wine sockets are
+    host sockets). ``cmd.exe /c find o`` is the child (Wine's find passes matching lines)."""
+    _need(client)
+    if not WINE_PYTHON.exists() or not Path("/usr/lib/wine/wine64").exists():
+        pytest.skip("the Windows python under Wine is not installed (make test installs it)")
+    port = _free_port()
+    env = dict(os.environ, WINEPREFIX=str(ROOT / ".cache" / "wineprefix"))
+    server = subprocess.Popen([str(WINPY), "-m", "execsession", "-v", "-l", str(port), "-c",
+                               "find o"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        _wait_listening(server, port)
+        argv = _ncat(port) if client == "ncat" else _socat(port)
+        received = _client(argv, b"hello\nworld\nskip me\n")
+        assert received.replace(b"\r\n", b"\n") == b"hello\nworld\n"
+        output, _ = server.communicate(timeout=WAIT)
+        assert server.returncode == 0
+        assert b"exit code 0" in output
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(WAIT)
+        if server.stdout is not None:
+            server.stdout.close()

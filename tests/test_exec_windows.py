@@ -1,0 +1,57 @@
+"""Windows facts the exec backend relies on or may rely on (run in the Wine leg)."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ntdll import functions as nt
+
+CREATE_SUSPENDED = 0x00000004
+JOB_OBJECT_MSG_ACTIVE_PROCESS_ZERO = 4
+JOB_OBJECT_MSG_NEW_PROCESS = 6
+JOB_OBJECT_MSG_EXIT_PROCESS = 7
+JobObjectAssociateCompletionPortInformation = 7
+
+
+class JOBOBJECT_ASSOCIATE_COMPLETION_PORT(ctypes.Structure):
+    _fields_ = [("CompletionKey", ctypes.c_void_p), ("CompletionPort", ctypes.c_void_p)]
+
+
+@pytest.mark.windows
+def test_a_job_reports_its_processes_on_a_port() -> None:
+    """E12: a job associated with a port posts NEW_PROCESS and EXIT_PROCESS for the child and
+    the grandchild, then ACTIVE_PROCESS_ZERO: key = the job's key, Information = the message,
+    ApcContext = the pid. (Not used by the backend yet: see ACTIVE_KB.md.)"""
+    from iocp import CompletionPort, Handle
+
+    with CompletionPort() as port, Handle(nt.CreateJobObjectW(), "job") as job:
+        nt.SetInformationJobObject(job.value, JobObjectAssociateCompletionPortInformation,
+                                   JOBOBJECT_ASSOCIATE_COMPLETION_PORT(77, port.handle))
+        code = "import subprocess, sys; subprocess.run([sys.executable, '-S', '-c', 'pass'])"
+        child = subprocess.Popen([sys.executable, "-S", "-c", code],
+                                 creationflags=CREATE_SUSPENDED)
+        process = nt.OpenProcess(nt.PROCESS_SET_QUOTA | nt.PROCESS_TERMINATE
+                                 | nt.PROCESS_SUSPEND_RESUME, child.pid)
+        try:
+            nt.AssignProcessToJobObject(job.value, process)
+            nt.NtResumeProcess(process)
+        finally:
+            nt.CloseHandle(process)
+        messages: list[tuple[int, int]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+                JOB_OBJECT_MSG_ACTIVE_PROCESS_ZERO, 0) not in messages:
+            for completion in port.dequeue(timeout=1.0):
+                assert completion.key == 77
+                messages.append((completion.information, completion.apc_context))
+        assert child.wait(60) == 0
+    pids = {pid for message, pid in messages if message == JOB_OBJECT_MSG_NEW_PROCESS}
+    assert child.pid in pids and len(pids) == 2  # the child and its grandchild
+    exited = {pid for message, pid in messages if message == JOB_OBJECT_MSG_EXIT_PROCESS}
+    assert exited == pids
+    assert messages[-1] == (JOB_OBJECT_MSG_ACTIVE_PROCESS_ZERO, 0)
