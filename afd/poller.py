@@ -323,9 +323,7 @@ class AfdPoller:
             # The poll itself failed: report the socket as in error (its next I/O tells why)
             # and do not re-arm, which would fail again at once.
             return PollEvents.IN | PollEvents.OUT | PollEvents.ERR
-        reported = 0
-        for entry in operation.results:
-            reported |= int(entry.events)
+        reported = operation.reported_events()
         if reported & _LOCAL_CLOSE:
             self._drop_closed(registration)
             return PollEvents(0)

@@ -8,12 +8,14 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from itertools import repeat
 from types import TracebackType
+from typing import NamedTuple
 
 from ntdll import functions as nt
 from ntdll import status as ntstatus
 from ntdll.functions import Buffer
+from ntdll.speedups import native as _native
 from ntdll.structures import FILE_IO_COMPLETION_INFORMATION, OVERLAPPED
 
 from .operation import Operation
@@ -44,13 +46,16 @@ class PortClosedError(ValueError):
     """The completion port was used after ``close()``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One dequeued completion packet.
+class Completion(NamedTuple):
+    """One dequeued completion packet (immutable).
 
     ``operation`` is the :class:`Operation` whose request completed (now ``COMPLETED``), or
     ``None`` for a packet posted without one. ``apc_context`` is the raw ``ApcContext`` the
     kernel returned, kept for diagnostics (it equals ``operation.apc_context``).
+
+    A named tuple rather than a frozen dataclass: one is built per completion in the dequeue
+    loop, and a tuple is built about three times faster (it is most of the loop's cost once the
+    entries are decoded in C).
     """
 
     key: int
@@ -62,6 +67,12 @@ class Completion:
     @property
     def tag(self) -> object:
         return self.operation.tag if self.operation is not None else None
+
+
+_new_completion: Callable[
+    [type[Completion], tuple[int, int, int, Operation | None, int]], Completion
+] = tuple.__new__
+"""``tuple.__new__``: builds a :class:`Completion` from its fields without a Python call."""
 
 
 class CompletionPort:
@@ -180,9 +191,11 @@ class CompletionPort:
         operation stays pending until its completion is dequeued, with ``STATUS_CANCELLED``
         or, if it won the race, its real result.
         """
-        if not operation._kernel_still_pending() or operation.handle is None:
-            return False
-        if operation.handle == 0:  # a posted packet: nothing to cancel
+        if not operation.pending or not operation.handle:
+            return False  # completed, never issued, or a posted packet: nothing to cancel
+        if _native is not None:  # the C side reads the status block itself
+            return _native.cancel(operation.handle, operation._overlapped)
+        if not operation._kernel_still_pending():
             return False
         return nt.NtCancelIoFileEx(operation.handle, operation._overlapped)
 
@@ -211,10 +224,18 @@ class CompletionPort:
             relative = -math.ceil(timeout * 10_000_000) if timeout else 0
         else:
             relative = None
+        if _native is not None:
+            return self._dequeue_native(relative, max_entries)
         entries = self._entries(max_entries)
         view = entries if len(entries) == max_entries else (
             FILE_IO_COMPLETION_INFORMATION * max_entries).from_buffer(entries)
         count = nt.NtRemoveIoCompletionEx(self.handle, view, relative)
+        return self._complete_entries(view, count)
+
+    def _complete_entries(self, view: ctypes.Array[FILE_IO_COMPLETION_INFORMATION],
+                          count: int) -> list[Completion]:
+        """Pure ctypes: decode the first ``count`` entries the kernel wrote into ``view`` and
+        hand each completion to its operation."""
         completions: list[Completion] = []
         if not count:
             return completions
@@ -231,6 +252,34 @@ class CompletionPort:
                 completions.append(Completion(entry.KeyContext or 0, status, information,
                                               operation, apc_context))
         return completions
+
+    def _dequeue_native(self, relative: int | None, max_entries: int) -> list[Completion]:
+        """:meth:`dequeue` with the C speedups: the batch is dequeued and decoded in C."""
+        assert _native is not None
+        return self._complete_decoded(
+            _native.remove_completions(self.handle, max_entries, relative))
+
+    def _complete_decoded(self, flat: list[int]) -> list[Completion]:
+        """With the speedups: hand each completion decoded in C (``key, apc_context, status,
+        information`` per completion, flat) to its operation.
+
+        Column by column, with C-level iteration (slices, ``map``): per completion this is
+        about a third of a Python loop's cost.
+        """
+        if not flat:
+            return []
+        keys, apc_contexts = flat[0::4], flat[1::4]
+        statuses, informations = flat[2::4], flat[3::4]
+        with self._lock:
+            # An ApcContext of 0 (a packet posted without an operation) is never a key.
+            operations = list(map(self._pending.pop, apc_contexts, repeat(None)))
+            for operation, status, information in zip(operations, statuses, informations,
+                                                      strict=True):
+                if operation is not None:
+                    operation._complete(status, information)
+        return list(map(_new_completion, repeat(Completion),
+                        zip(keys, statuses, informations, operations, apc_contexts,
+                            strict=True)))
 
     # -- closing --------------------------------------------------------------------------
     def close(self) -> None:

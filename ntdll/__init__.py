@@ -2,7 +2,9 @@
 
 The lowest layer of ntafd: NT structures with Windows x64 layouts, NTSTATUS codes and
 :class:`NtStatusError`, and typed wrappers that call and check. It imports on every platform;
-calling a function off Windows raises :class:`NotOnWindowsError`.
+calling a function off Windows raises :class:`NotOnWindowsError`. ``ntdll.speedups`` loads the
+optional C implementation of the hot paths (``_ntafd_speedups``) that ``iocp`` and ``afd`` use
+when it is present.
 """
 
 from . import functions, status, structures

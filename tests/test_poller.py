@@ -80,10 +80,16 @@ def test_a_reused_handle_can_be_registered_after_a_close_while_registered() -> N
     with AfdPoller() as poller:
         reused = False
         for attempt in range(20):
+            # Wine hands out the lowest free handle value, and socketpair() creates a listener
+            # first: a spare socket closed with `first` leaves a lower slot for that listener,
+            # so that the new pair can get first's value (without it, whether any does
+            # depends on the slots earlier tests left free).
+            spare = socket.socket()
             first, second = socket.socketpair()
             with second:
                 poller.register(first, P.IN, data=("old", attempt))
                 handle = first.fileno()
+                spare.close()
                 first.close()
                 third, fourth = socket.socketpair()
                 with third, fourth:

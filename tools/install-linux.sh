@@ -26,7 +26,7 @@ if [ ! -f "$stamp" ]; then
     echo "install-linux: creating $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -e "$here[test,dev]"
+    "$venv/bin/pip" install -q -e "$here[test,dev,speedups]"
     rm -f "$venv"/.installed-*
     touch "$stamp"
 fi

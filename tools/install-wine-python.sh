@@ -45,7 +45,13 @@ fi
 rm -f "$pydir/python311._pth"
 
 wheels=(pytest hypothesis colorama)
-[ "${NTAFD_WINE_CFFI:-0}" = 1 ] && wheels+=(cffi)
+# cffi's runtime (_cffi_backend) for the speedups (tools/build-speedups.sh), at the version of the
+# venv's cffi that emits their C source (cffi checks the two match when the module loads).
+# NTAFD_WINE_CFFI=0 leaves it out.
+if [ "${NTAFD_WINE_CFFI:-1}" = 1 ]; then
+    cffi_version=$("$hostpy" -c 'import cffi; print(cffi.__version__)' 2>/dev/null || true)
+    wheels+=("cffi${cffi_version:+==$cffi_version}")
+fi
 stamp="$site/.installed-$(echo "${wheels[*]}" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
     echo "install-wine-python: installing win_amd64 wheels: ${wheels[*]}"

@@ -33,6 +33,13 @@ linux_bench() {  # linux_bench NAME MODULE ARGS...: one benchmark with the Linux
 
 wine_bench poller bench.poller
 wine_bench echo bench.echo
+# Pure ctypes against the C speedups (optimized build, cross-built here), alternated in one run.
+if bash tools/build-speedups.sh optimized; then
+    NTAFD_WINE_PYTHONPATH="$NTAFD_WINE_PYTHONPATH;$(winpath "$here/.cache/speedups/optimized")" \
+        wine_bench speedups bench.speedups
+else
+    failed+=("speedups (not built)")
+fi
 wine_bench exec_relay-wine bench.exec_relay
 linux_bench exec_relay-linux bench.exec_relay
 

@@ -2,10 +2,15 @@
 # `make test`: installs what it needs, then runs every leg and prints each leg's pytest summary.
 #   lint          ruff
 #   types         mypy (platform linux) and mypy --platform win32
-#   linux-native  pytest with the Linux python (Windows-only tests skip there, with a reason)
-#   wine-ctypes   pytest with the official Windows CPython 3.11 under Wine 8.0
-# Fails if any leg fails or if the Wine leg ran no test. In the Wine leg (NTAFD_WINDOWS_LEG=1)
-# tests/conftest.py turns the skip of any test not marked `posix` into a failure.
+#   linux-native         pytest with the Linux python (Windows-only tests skip there, with a reason)
+#   build-speedups       cross-builds the C speedups, Debug and optimized (tools/build-speedups.sh)
+#   wine-ctypes          pytest with the official Windows CPython 3.11 under Wine 8.0, pure ctypes
+#   wine-cffi-debug      the same suite with the Debug build of the speedups on the path
+#   wine-cffi-optimized  the same suite with the optimized build
+# Fails if any leg fails or if a Wine leg ran no test. In the Wine legs (NTAFD_WINDOWS_LEG=1)
+# tests/conftest.py turns the skip of any test meant for that leg into a failure, and
+# NTAFD_EXPECT_IMPLEMENTATION makes a leg that loaded another implementation (a cffi leg that
+# fell back to ctypes) fail before running a test.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -40,11 +45,27 @@ leg types-win32 "$venv/mypy" --platform win32
 leg linux-native "$venv/python" -m pytest -p no:cacheprovider tests
 summaries+=("linux-native: $(summary_of linux-native)")
 
-NTAFD_WINDOWS_LEG=1 leg wine-ctypes tools/winpy -m pytest -p no:cacheprovider tests
-wine_summary=$(summary_of wine-ctypes)
-summaries+=("wine-ctypes: $wine_summary")
-if ! grep -qE '[1-9][0-9]* passed' <<<"$wine_summary"; then
-    failed+=("wine-ctypes (ran no test)")
+winpath() { printf 'Z:%s' "${1//\//\\}"; }
+
+wine_leg() {  # wine_leg NAME IMPLEMENTATION [SPEEDUPS_DIR]
+    local name=$1 implementation=$2 dir=${3:-}
+    NTAFD_WINDOWS_LEG=1 NTAFD_EXPECT_IMPLEMENTATION=$implementation \
+        NTAFD_WINE_PYTHONPATH=${dir:+$(winpath "$dir")} \
+        leg "$name" tools/winpy -m pytest -p no:cacheprovider tests
+    local summary
+    summary=$(summary_of "$name")
+    summaries+=("$name: ${summary:-no pytest summary}")
+    if ! grep -qE '[1-9][0-9]* passed' <<<"$summary"; then
+        failed+=("$name (ran no test)")
+    fi
+}
+
+wine_leg wine-ctypes ctypes
+if leg build-speedups bash tools/build-speedups.sh debug optimized; then
+    wine_leg wine-cffi-debug cffi-debug "$here/.cache/speedups/debug"
+    wine_leg wine-cffi-optimized cffi-optimized "$here/.cache/speedups/optimized"
+else
+    failed+=("wine-cffi-debug, wine-cffi-optimized (not built)")
 fi
 
 echo

@@ -1,0 +1,179 @@
+"""The optional C speedups (``_ntafd_speedups``, a cffi API-mode extension) of the hot paths.
+
+``iocp`` and ``afd`` have one interface and two implementations of their hot paths (dequeue a
+batch, issue an AFD poll, cancel, read a poll's events): pure ctypes, or these C functions.
+The extension is used when it imports (it is optional: ``pip install .[speedups]`` on Windows,
+``tools/build-speedups.sh`` here); ``NTAFD_PURE_CTYPES=1`` forces pure ctypes.
+
+The C functions take the *addresses* of ctypes objects that the caller owns (an operation's
+``OVERLAPPED``, its ``AFD_POLL_INFO``): this module is the only place where addresses cross into
+C, and none is returned. The memory rules are the pure implementation's (ACTIVE_KB D2-D5): the
+owner keeps the memory alive until the request's completion has been dequeued.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import sys
+import threading
+from typing import Any
+
+from . import status as _status
+from .structures import FILE_IO_COMPLETION_INFORMATION, OVERLAPPED
+
+__all__ = [
+    "ABI_VERSION",
+    "IMPLEMENTATION",
+    "LOAD_ERROR",
+    "MODULE",
+    "PURE_ENV",
+    "NativeCalls",
+    "SpeedupsAssertionError",
+    "native",
+]
+
+MODULE = "_ntafd_speedups"
+"""The extension's module name (top-level, so a build folder can be put on ``sys.path``)."""
+PURE_ENV = "NTAFD_PURE_CTYPES"
+"""Set to ``1`` to force the pure-ctypes implementation."""
+ABI_VERSION = 1
+"""The ``ntafd_abi_version()`` this module was written for (a stale build is not used)."""
+
+# Statuses of our own (customer bit set), returned by the C functions.
+STATUS_NOT_INITIALISED = 0xE0AF0000
+STATUS_ASSERT_BUSY = 0xE0AF0001
+STATUS_ASSERT_COUNT = 0xE0AF0002
+STATUS_ASSERT_ALIGN = 0xE0AF0003
+_ASSERTIONS = {
+    STATUS_ASSERT_BUSY: "a request was issued again while the kernel still owns its memory",
+    STATUS_ASSERT_COUNT: "the kernel reported more completions than there was room for",
+    STATUS_ASSERT_ALIGN: "a kernel buffer is not 8-byte aligned",
+}
+
+
+class SpeedupsAssertionError(AssertionError):
+    """An internal assertion of the Debug build of the speedups failed (a bug in ntafd)."""
+
+
+def _raise_for(status: int, function: str) -> None:
+    unsigned = status & 0xFFFFFFFF
+    message = _ASSERTIONS.get(unsigned)
+    if message is not None:
+        raise SpeedupsAssertionError(f"{function}: {message} (0x{unsigned:08X})")
+    if unsigned == STATUS_NOT_INITIALISED:
+        raise RuntimeError(f"{function}: the speedups were used before ntafd_init()")
+    raise _status.NtStatusError(status, function)
+
+
+class NativeCalls:
+    """The C implementation of the hot paths, over a loaded ``_ntafd_speedups``."""
+
+    def __init__(self, module: Any) -> None:
+        self._ffi = module.ffi
+        self._lib = module.lib
+        version = getattr(self._lib, "ntafd_abi_version", lambda: 0)()
+        if version != ABI_VERSION:
+            raise ImportError(f"{MODULE} is a stale build (ABI {version}, this ntafd wants "
+                              f"{ABI_VERSION}): rebuild it")
+        self.debug = bool(self._lib.ntafd_debug())
+        self._local = threading.local()
+        if self._lib.ntafd_init() != 0:
+            raise ImportError("_ntafd_speedups: ntdll lacks a function it needs")
+
+    @property
+    def ffi(self) -> Any:
+        """The extension's ``FFI`` (its cdef'd structures): for the layout checks."""
+        return self._ffi
+
+    def _buffers(self, max_entries: int) -> tuple[Any, Any]:
+        local = self._local
+        decoded = getattr(local, "decoded", None)
+        if decoded is None or local.capacity < max_entries:
+            local.decoded = decoded = self._ffi.new("uint64_t[]", 4 * max_entries)
+            local.capacity = max_entries
+            local.count = self._ffi.new("uint32_t *")
+        return decoded, local.count
+
+    def remove_completions(self, port: int, max_entries: int, timeout: int | None) -> list[int]:
+        """``NtRemoveIoCompletionEx`` into C memory, decoded in C: a flat list of
+        ``key, apc_context, status (unsigned), information`` per completion; ``[]`` on
+        timeout. ``timeout`` as :func:`ntdll.functions.NtRemoveIoCompletionEx`. The GIL is
+        released while waiting."""
+        decoded, count = self._buffers(max_entries)
+        status: int = self._lib.ntafd_remove_completions(
+            port, max_entries, timeout is not None, timeout or 0, decoded, count)
+        if status < 0:
+            _raise_for(status, "NtRemoveIoCompletionEx")
+        removed: int = count[0]
+        if not removed:
+            return []
+        result: list[int] = self._ffi.unpack(decoded, 4 * removed)
+        return result
+
+    def decode_completions(self, entries: ctypes.Array[FILE_IO_COMPLETION_INFORMATION],
+                           count: int) -> list[int]:
+        """Decode, as :meth:`remove_completions` does, ``count`` entries already written into
+        ``entries`` (no kernel call: for measuring the decoding alone)."""
+        if not 0 <= count <= len(entries):
+            raise ValueError(f"count {count} outside 0..{len(entries)}")
+        decoded, _count = self._buffers(max(count, 1))
+        self._lib.ntafd_decode_completions(ctypes.addressof(entries), count, decoded)
+        result: list[int] = self._ffi.unpack(decoded, 4 * count)
+        return result
+
+    def afd_poll(self, helper: int, overlapped: OVERLAPPED, info: ctypes.Structure,
+                 base_handle: int, events: int, timeout: int, exclusive: bool) -> int:
+        """Fill the one-handle ``AFD_POLL_INFO`` ``info`` and issue ``IOCTL_AFD_POLL`` on
+        ``helper`` with ``overlapped`` as status block and ``ApcContext``. Returns the status;
+        raises ``NtStatusError`` for an error status (then no completion is queued)."""
+        if ctypes.sizeof(info) < 32:
+            raise ValueError("an AFD_POLL_INFO with room for one handle is needed")
+        status: int = self._lib.ntafd_afd_poll(helper, ctypes.addressof(overlapped),
+                                          ctypes.addressof(info), base_handle, events,
+                                          timeout, int(exclusive))
+        if status < 0 and _status.is_error(status):
+            _raise_for(status, "NtDeviceIoControlFile")
+        return status & 0xFFFFFFFF
+
+    def afd_poll_events(self, info: ctypes.Structure) -> int:
+        """The OR of the events a completed poll reported."""
+        capacity = (ctypes.sizeof(info) - 16) // 16
+        events: int = self._lib.ntafd_afd_poll_events(ctypes.addressof(info), capacity)
+        return events
+
+    def cancel(self, handle: int, overlapped: OVERLAPPED) -> bool:
+        """``NtCancelIoFileEx`` if the request's status block still reads ``STATUS_PENDING``;
+        ``False`` if it has completed (``STATUS_NOT_FOUND``)."""
+        status: int = self._lib.ntafd_cancel(handle, ctypes.addressof(overlapped))
+        if status & 0xFFFFFFFF == _status.STATUS_NOT_FOUND:
+            return False
+        if not _status.is_success(status):
+            _raise_for(status, "NtCancelIoFileEx")
+        return True
+
+    def in_flight(self, overlapped: OVERLAPPED) -> bool | None:
+        """Debug build: whether a request issued here on ``overlapped`` awaits its dequeue.
+        ``None`` in the optimized build, which does not track requests."""
+        found = self._lib.ntafd_in_flight(ctypes.addressof(overlapped))
+        return None if found < 0 else bool(found)
+
+
+def _load() -> tuple[NativeCalls | None, str | None]:
+    if os.environ.get(PURE_ENV) == "1":
+        return None, f"{PURE_ENV}=1"
+    if sys.platform != "win32":
+        return None, f"no NT calls on {sys.platform}"
+    try:
+        return NativeCalls(importlib.import_module(MODULE)), None
+    except ImportError as exc:  # not built, or cffi's runtime missing: pure ctypes
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+native, LOAD_ERROR = _load()
+"""The C implementation, or ``None`` (then ``LOAD_ERROR`` says why) for pure ctypes."""
+
+IMPLEMENTATION = ("ctypes" if native is None
+                  else "cffi-debug" if native.debug else "cffi-optimized")
+"""``"ctypes"``, ``"cffi-debug"`` or ``"cffi-optimized"``: what this process uses."""
