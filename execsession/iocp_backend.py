@@ -170,7 +170,35 @@ def _read_operation(owner: object, operation: ReadOperation | None,
 
 
 # -- pipes ---------------------------------------------------------------------------------------
-class _PipeStream(Stream):
+class _IocpStream(Stream):
+    """What the IOCP backend's streams share: callbacks deferred through the loop (never
+    re-entrant) and dropped once the stream is closed; cancelling requests still pending."""
+
+    _loop: IocpLoop
+    _closed: bool
+
+    def _deliver_read(self, callback: ReadCallback, data: bytes,
+                      error: BaseException | None) -> None:
+        if not self._closed:
+            callback(data, error)
+
+    def _deliver_write(self, callback: WriteCallback, count: int,
+                       error: BaseException | None) -> None:
+        if not self._closed:
+            callback(count, error)
+
+    def _cancel_pending(self, *operations: Operation | None) -> None:
+        # A cancelled request still completes (STATUS_CANCELLED); the port keeps its memory
+        # until that completion is dequeued, so nothing here may free it.
+        for operation in operations:
+            if operation is not None and operation.pending:
+                try:
+                    self._loop.port.cancel(operation)
+                except OSError:
+                    pass
+
+
+class _PipeStream(_IocpStream):
     """Our overlapped end of a child's pipe."""
 
     def __init__(self, loop: IocpLoop, handle: Handle) -> None:
@@ -203,11 +231,6 @@ class _PipeStream(Stream):
             self._read_cb = None
             self._loop.call_soon(self._deliver_read, callback, b"", error)
 
-    def _deliver_read(self, callback: ReadCallback, data: bytes,
-                      error: BaseException | None) -> None:
-        if not self._closed:
-            callback(data, error)
-
     def write(self, data: bytes, callback: WriteCallback) -> None:
         if self._closed:
             raise ValueError("write on a closed pipe")
@@ -217,11 +240,6 @@ class _PipeStream(Stream):
         except OSError as error:  # BrokenPipeError: the child closed its stdin
             self._write_cb = None
             self._loop.call_soon(self._deliver_write, callback, 0, error)
-
-    def _deliver_write(self, callback: WriteCallback, count: int,
-                       error: BaseException | None) -> None:
-        if not self._closed:
-            callback(count, error)
 
     def completed(self, operation: Operation) -> None:
         if self._closed:
@@ -254,17 +272,12 @@ class _PipeStream(Stream):
             return
         self._closed = True
         self._read_cb = self._write_cb = None
-        for operation in (self._read_op, self._write_op):
-            if operation is not None and operation.pending:
-                try:
-                    self._loop.port.cancel(operation)
-                except OSError:
-                    pass
+        self._cancel_pending(self._read_op, self._write_op)
         self._handle.close()
 
 
 # -- sockets -------------------------------------------------------------------------------------
-class _AfdSocketStream(Stream):
+class _AfdSocketStream(_IocpStream):
     """A non-blocking socket; waits for readiness with one AFD poll at a time."""
 
     def __init__(self, loop: IocpLoop, sock: socket.socket) -> None:
@@ -312,16 +325,6 @@ class _AfdSocketStream(Stream):
             self._loop.call_soon(self._deliver_write, callback, 0, error)
         else:
             self._loop.call_soon(self._deliver_write, callback, count, None)
-
-    def _deliver_read(self, callback: ReadCallback, data: bytes,
-                      error: BaseException | None) -> None:
-        if not self._closed:
-            callback(data, error)
-
-    def _deliver_write(self, callback: WriteCallback, count: int,
-                       error: BaseException | None) -> None:
-        if not self._closed:
-            callback(count, error)
 
     # -- polling -------------------------------------------------------------------------------
     def _arm(self) -> None:
@@ -411,7 +414,7 @@ class _AfdSocketStream(Stream):
         self._slot.members -= 1
 
 
-class _OverlappedSocketStream(Stream):
+class _OverlappedSocketStream(_IocpStream):
     """A socket associated with the port, read and written with overlapped ``WSARecv`` /
     ``WSASend``: the completion carries the bytes, no readiness step. The socket stays
     associated with the port until it is closed (a handle is associated once, for life)."""
@@ -464,16 +467,6 @@ class _OverlappedSocketStream(Stream):
             self._write_cb = None
             self._loop.call_soon(self._deliver_write, callback, 0, error)
 
-    def _deliver_read(self, callback: ReadCallback, data: bytes,
-                      error: BaseException | None) -> None:
-        if not self._closed:
-            callback(data, error)
-
-    def _deliver_write(self, callback: WriteCallback, count: int,
-                       error: BaseException | None) -> None:
-        if not self._closed:
-            callback(count, error)
-
     def completed(self, operation: Operation) -> None:
         if self._closed:
             return
@@ -508,12 +501,7 @@ class _OverlappedSocketStream(Stream):
             return
         self._closed = True
         self._read_cb = self._write_cb = None
-        for operation in (self._read_op, self._write_op):
-            if operation is not None and operation.pending:
-                try:
-                    self._loop.port.cancel(operation)
-                except OSError:
-                    pass
+        self._cancel_pending(self._read_op, self._write_op)
 
 
 class _AfdAcceptor:
