@@ -40,6 +40,12 @@ def environment() -> dict[str, str]:
         "cpus": str(os.cpu_count()),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
+    for module in ("trio", "cffi"):
+        if module in sys.modules:
+            described[module] = str(getattr(sys.modules[module], "__version__", "?"))
+    if "ntdll.speedups" in sys.modules:
+        described["ntafd implementation"] = str(
+            getattr(sys.modules["ntdll.speedups"], "IMPLEMENTATION", "?"))
     if sys.platform == "win32" and under_wine():
         import ctypes
 
