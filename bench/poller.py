@@ -25,7 +25,7 @@ import selectors
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from afd import GROUP_SIZE, AfdPoller, PollEvents
@@ -56,6 +56,12 @@ def close_all(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
         second.close()
 
 
+def _drain_cancellations(poller: AfdPoller) -> None:
+    """Dequeue until the kernel owns no poll of ``poller`` (the cancelled ones included)."""
+    while poller.outstanding_polls:
+        poller.poll(timeout=0)
+
+
 # -- arm + cancel ------------------------------------------------------------------------------
 def afd_arm_cancel(sockets: list[socket.socket], group_size: int = GROUP_SIZE) -> float:
     """µs per socket: register (issues a poll), unregister (cancels it), dequeue the
@@ -66,8 +72,7 @@ def afd_arm_cancel(sockets: list[socket.socket], group_size: int = GROUP_SIZE) -
             poller.register(sock, P.IN)
         for sock in sockets:
             poller.unregister(sock)
-        while poller.outstanding_polls:
-            poller.poll(timeout=0)
+        _drain_cancellations(poller)
         elapsed = time.perf_counter() - started
     return elapsed / len(sockets) * 1e6
 
@@ -131,6 +136,27 @@ def _watched_and_active(pairs: list[tuple[socket.socket, socket.socket]], total:
     return watched, active, peer_of
 
 
+def _timed_rounds(active: list[socket.socket], peer_of: dict[socket.socket, socket.socket],
+                  ready: Callable[[], Iterable[object]], seconds: float,
+                  count: int) -> tuple[float, float, int]:
+    """Rounds until ``seconds`` or ``count``: each peer of ``active`` sends a byte, ``ready()``
+    (one wait returning the ready sockets) is called until all of ``active`` were seen, then
+    each reads its byte. Returns (wall seconds, this process's CPU seconds, rounds)."""
+    more = bounded(seconds, count)
+    done = 0
+    started, cpu_started = time.perf_counter(), time.process_time()
+    while more(done):
+        for sock in active:
+            peer_of[sock].send(b"x")
+        seen: set[object] = set()
+        while len(seen) < len(active):
+            seen.update(ready())
+        for sock in active:
+            sock.recv(16)
+        done += 1
+    return time.perf_counter() - started, time.process_time() - cpu_started, done
+
+
 def afd_round_cost(pairs: list[tuple[socket.socket, socket.socket]], total: int,
                    group_size: int = GROUP_SIZE, seconds: float = 2.0,
                    count: int = 300) -> tuple[float, float]:
@@ -141,24 +167,12 @@ def afd_round_cost(pairs: list[tuple[socket.socket, socket.socket]], total: int,
         for sock in watched:
             poller.register(sock, P.IN, sock)
         poller.poll(timeout=0)
-        more = bounded(seconds, count)
-        done = 0
-        started, cpu_started = time.perf_counter(), time.process_time()
-        while more(done):
-            for sock in active:
-                peer_of[sock].send(b"x")
-            seen: set[object] = set()
-            while len(seen) < len(active):
-                for data, _ in poller.poll(timeout=5):
-                    seen.add(data)
-            for sock in active:
-                sock.recv(16)
-            done += 1
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        elapsed, cpu, done = _timed_rounds(
+            active, peer_of, lambda: [data for data, _ in poller.poll(timeout=5)],
+            seconds, count)
         for sock in watched:
             poller.unregister(sock)
-        while poller.outstanding_polls:
-            poller.poll(timeout=0)
+        _drain_cancellations(poller)
     return elapsed / done * 1e6, cpu / done * 1e6
 
 
@@ -206,20 +220,9 @@ def select_round_cost(pairs: list[tuple[socket.socket, socket.socket]], total: i
     with selectors.SelectSelector() as selector:
         for sock in watched:
             selector.register(sock, selectors.EVENT_READ, sock)
-        more = bounded(seconds, count)
-        done = 0
-        started = time.perf_counter()
-        while more(done):
-            for sock in active:
-                peer_of[sock].send(b"x")
-            seen: set[object] = set()
-            while len(seen) < len(active):
-                for key, _ in selector.select(timeout=5):
-                    seen.add(key.data)
-            for sock in active:
-                sock.recv(16)
-            done += 1
-        elapsed = time.perf_counter() - started
+        elapsed, _, done = _timed_rounds(
+            active, peer_of, lambda: [key.data for key, _ in selector.select(timeout=5)],
+            seconds, count)
     return elapsed / done * 1e6
 
 

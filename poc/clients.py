@@ -42,3 +42,15 @@ def connect_later(address: tuple[str, int], delay: float, timeout: float) -> Ite
         timer.join()
         for client in clients:
             client.close()
+
+
+def accept_waiting(listener: socket.socket) -> Iterator[socket.socket]:
+    """Every connection waiting on a non-blocking ``listener``, each made non-blocking (one
+    readiness report may stand for several connections)."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        yield conn

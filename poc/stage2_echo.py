@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from afd import AfdHelperHandle, AfdPollEvents, AfdPollOperation, base_socket_handle
 from iocp import CompletionPort
 
-from .clients import listening_socket
+from .clients import accept_waiting, listening_socket
 from .report import Report, run_stage
 
 E = AfdPollEvents
@@ -117,12 +117,7 @@ class EchoServer:
         self.arm(context)
 
     def accept_all(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except BlockingIOError:
-                return
-            conn.setblocking(False)
+        for conn in accept_waiting(self.listener):
             self.arm(SocketContext(conn, base_socket_handle(conn)))
 
     def receive(self, context: SocketContext) -> None:

@@ -25,7 +25,7 @@ from iocp import CompletionPort
 from ntdll import status_name
 from ntdll.status import STATUS_CANCELLED
 
-from .clients import listening_socket
+from .clients import accept_waiting, listening_socket
 from .report import Report, run_stage
 
 P = PollEvents
@@ -83,12 +83,7 @@ class StressLoop:
 
     # -- server side --------------------------------------------------------------------
     def on_listener(self, events: PollEvents) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except BlockingIOError:
-                return
-            conn.setblocking(False)
+        for conn in accept_waiting(self.listener):
             self.counters.accepted += 1
             self.sockets.add(conn)
             pending = bytearray()
