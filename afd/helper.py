@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from iocp import CompletionPort, Handle, Operation
+from iocp import PACKET, CompletionPort, Handle, IssueResult, Operation
 from ntdll import functions as nt
 from ntdll.speedups import native as _native
 from ntdll.structures import OVERLAPPED
@@ -117,13 +117,19 @@ class AfdHelperHandle:
         base, events = entry
         if not base:
             raise ValueError("an AFD poll entry needs a non-NULL base socket handle")
+        events = int(events)
+        timeout = int(timeout)
+        exclusive = bool(exclusive)
         info = AFD_POLL_INFO()
         operation = AfdPollOperation(tag, info)
         helper = self.handle
 
-        def issue(overlapped: OVERLAPPED) -> bool:
-            native.afd_poll(helper, overlapped, info, base, int(events), timeout, exclusive)
-            return True
+        def issue(overlapped: OVERLAPPED) -> IssueResult:
+            try:
+                native.afd_poll(helper, overlapped, info, base, events, timeout, exclusive)
+            except OSError as error:
+                return error
+            return PACKET
 
         self.port.start(operation, helper, issue)
         return operation

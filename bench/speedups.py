@@ -88,7 +88,8 @@ def bench_decode(with_operations: bool) -> float:
     pending operation) by the dequeue's own code; only that code is timed. This is the part of
     the dequeue loop the implementations differ in; under Wine the kernel call itself costs a
     wineserver round trip per entry and hides it."""
-    from iocp import CompletionPort, Operation
+    from iocp import PACKET, Completion, CompletionPort, Operation
+    from iocp.port import decode_entries
     from ntdll.structures import FILE_IO_COMPLETION_INFORMATION
 
     count = 128
@@ -109,12 +110,14 @@ def bench_decode(with_operations: bool) -> float:
             for _ in range(20):
                 if with_operations:  # issued again, as the kernel would have them (not timed)
                     for operation in operations:
-                        port.start(operation, 0, lambda _overlapped: True)
+                        port.start(operation, 0, lambda _overlapped: PACKET)
                 start = time.perf_counter()
+                batch: list[Completion] = []
                 if native is None:
-                    batch = port._complete_entries(entries, count)
+                    port._hand_over(decode_entries(entries, count), batch, recovering=False)
                 else:
-                    batch = port._complete_decoded(native.decode_completions(entries, count))
+                    port._hand_over(native.decode_completions(entries, count), batch,
+                                    recovering=False)
                 elapsed += time.perf_counter() - start
                 decoded += len(batch)
             if with_operations:

@@ -36,9 +36,11 @@ from collections.abc import Callable, Sequence
 
 from afd import AfdHelperHandle, AfdPollEvents, AfdPollOperation, base_socket_handle
 from iocp import (
+    PACKET,
     WAKEUP_KEY,
     CompletionPort,
     Handle,
+    IssueResult,
     Operation,
     PortClosedError,
     ReadOperation,
@@ -439,9 +441,12 @@ class _OverlappedSocketStream(_IocpStream):
         assert buffer is not None
         self._read_cb = callback
 
-        def issue(overlapped: OVERLAPPED) -> bool:
-            nt.WSARecv(self._handle, buffer, size, overlapped)
-            return True
+        def issue(overlapped: OVERLAPPED) -> IssueResult:
+            try:
+                nt.WSARecv(self._handle, buffer, size, overlapped)
+            except OSError as error:
+                return error
+            return PACKET
 
         try:
             self._loop.port.start(operation, self._handle, issue)
@@ -456,9 +461,12 @@ class _OverlappedSocketStream(_IocpStream):
         operation = WriteOperation(self, buffer)
         self._write_cb = callback
 
-        def issue(overlapped: OVERLAPPED) -> bool:
-            nt.WSASend(self._handle, buffer, len(data), overlapped)
-            return True
+        def issue(overlapped: OVERLAPPED) -> IssueResult:
+            try:
+                nt.WSASend(self._handle, buffer, len(data), overlapped)
+            except OSError as error:
+                return error
+            return PACKET
 
         try:
             self._loop.port.start(operation, self._handle, issue)

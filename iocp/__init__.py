@@ -10,13 +10,24 @@ from .file_io import ReadOperation, WriteOperation, start_read, start_write
 from .handle import Handle
 from .operation import Operation, OperationBusyError, OperationState
 from .pipes import create_pipe
-from .port import WAKEUP_KEY, Completion, CompletionPort, PortClosedError, validate_timeout
+from .port import (
+    PACKET,
+    WAKEUP_KEY,
+    Completion,
+    CompletionPort,
+    IssueResult,
+    PortClosedError,
+    relative_timeout,
+    validate_timeout,
+)
 
 __all__ = [
+    "PACKET",
     "WAKEUP_KEY",
     "Completion",
     "CompletionPort",
     "Handle",
+    "IssueResult",
     "Operation",
     "OperationBusyError",
     "OperationState",
@@ -24,6 +35,7 @@ __all__ = [
     "ReadOperation",
     "WriteOperation",
     "create_pipe",
+    "relative_timeout",
     "start_read",
     "start_write",
     "validate_timeout",

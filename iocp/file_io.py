@@ -10,7 +10,7 @@ from ntdll import status as ntstatus
 from ntdll.structures import OVERLAPPED
 
 from .operation import Operation
-from .port import CompletionPort
+from .port import PACKET, CompletionPort, IssueResult
 
 __all__ = ["ReadOperation", "WriteOperation", "start_read", "start_write"]
 
@@ -45,8 +45,6 @@ class WriteOperation(Operation):
 
 
 def _set_offset(overlapped: OVERLAPPED, offset: int) -> None:
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, not {offset}")
     overlapped.Offset = offset & 0xFFFFFFFF
     overlapped.OffsetHigh = offset >> 32
 
@@ -61,6 +59,8 @@ def start_read(port: CompletionPort, handle: int, size: int, tag: Any = None,
     """
     if size <= 0 or size > 0xFFFFFFFF:
         raise ValueError(f"read size must be between 1 and 2**32-1 bytes, not {size}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
     if operation is None:
         operation = ReadOperation(tag, ctypes.create_string_buffer(size))
     else:
@@ -71,10 +71,13 @@ def start_read(port: CompletionPort, handle: int, size: int, tag: Any = None,
     buffer = operation.buffer
     assert buffer is not None
 
-    def issue(overlapped: OVERLAPPED) -> bool:
+    def issue(overlapped: OVERLAPPED) -> IssueResult:
         _set_offset(overlapped, offset)
-        nt.ReadFile(handle, buffer, size, overlapped)
-        return True
+        try:
+            nt.ReadFile(handle, buffer, size, overlapped)
+        except OSError as error:
+            return error
+        return PACKET
 
     port.start(operation, handle, issue)
     return operation
@@ -87,16 +90,21 @@ def start_write(port: CompletionPort, handle: int, data: bytes | bytearray | mem
     A pipe may complete a write with fewer bytes than asked only if it was closed; the
     completed operation's ``information`` says how many were written.
     """
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
     payload = bytes(data)
     if not payload or len(payload) > 0xFFFFFFFF:
         raise ValueError(f"write size must be between 1 and 2**32-1 bytes, not {len(payload)}")
     buffer = ctypes.create_string_buffer(payload, len(payload))
     operation = WriteOperation(tag, buffer)
 
-    def issue(overlapped: OVERLAPPED) -> bool:
+    def issue(overlapped: OVERLAPPED) -> IssueResult:
         _set_offset(overlapped, offset)
-        nt.WriteFile(handle, buffer, len(payload), overlapped)
-        return True
+        try:
+            nt.WriteFile(handle, buffer, len(payload), overlapped)
+        except OSError as error:
+            return error
+        return PACKET
 
     port.start(operation, handle, issue)
     return operation

@@ -236,14 +236,19 @@ def NtSetIoCompletion(
 
 
 def NtRemoveIoCompletionEx(
-    port: int, entries: ctypes.Array[FILE_IO_COMPLETION_INFORMATION], timeout: int | None
+    port: int, entries: ctypes.Array[FILE_IO_COMPLETION_INFORMATION], timeout: int | None,
+    removed: ctypes.c_uint32 | None = None,
 ) -> int:
     """Dequeue up to ``len(entries)`` packets into ``entries``; returns how many were removed.
 
     ``timeout`` is in 100-ns units, negative for relative (NT convention), ``None`` for no
     timeout. ``STATUS_TIMEOUT`` returns 0: the count the kernel wrote is then meaningless.
+    ``removed``, if given, is where the kernel writes the count: memory the caller keeps, so
+    that a batch is not lost if an exception arrives before this function returns (the caller
+    must then also be able to tell a timeout apart: see ``iocp.port``).
     """
-    removed = _c_uint32(0)
+    if removed is None:
+        removed = _c_uint32(0)
     timeout_ref = ctypes.byref(LARGE_INTEGER(timeout)) if timeout is not None else None
     status = _check(
         _NtRemoveIoCompletionEx(port, entries, len(entries), ctypes.byref(removed),
@@ -251,6 +256,7 @@ def NtRemoveIoCompletionEx(
         "NtRemoveIoCompletionEx",
     )
     if status == _status.STATUS_TIMEOUT:
+        removed.value = 0
         return 0
     return removed.value
 

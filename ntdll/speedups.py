@@ -29,6 +29,7 @@ __all__ = [
     "LOAD_ERROR",
     "MODULE",
     "PURE_ENV",
+    "NativeBatch",
     "NativeCalls",
     "SpeedupsAssertionError",
     "native",
@@ -67,6 +68,32 @@ def _raise_for(status: int, function: str) -> None:
     raise _status.NtStatusError(status, function)
 
 
+class NativeBatch:
+    """C memory one (port, thread) dequeues into: decoded entries and their count.
+
+    The count is written by the C call and cleared by :meth:`release` once every entry was
+    handed over; a count still set on the next dequeue means an exception interrupted the
+    hand-over, and :meth:`leftover` returns that batch again.
+    """
+
+    __slots__ = ("capacity", "count", "decoded")
+
+    def __init__(self, decoded: Any, count: Any, capacity: int) -> None:
+        self.decoded = decoded
+        self.count = count
+        self.capacity = capacity
+
+    def leftover(self, ffi: Any) -> list[int] | None:
+        removed: int = self.count[0]
+        if not removed:
+            return None
+        result: list[int] = ffi.unpack(self.decoded, 4 * removed)
+        return result
+
+    def release(self) -> None:
+        self.count[0] = 0
+
+
 class NativeCalls:
     """The C implementation of the hot paths, over a loaded ``_ntafd_speedups``."""
 
@@ -102,6 +129,27 @@ class NativeCalls:
         timeout. ``timeout`` as :func:`ntdll.functions.NtRemoveIoCompletionEx`. The GIL is
         released while waiting."""
         decoded, count = self._buffers(max_entries)
+        return self._remove(port, max_entries, timeout, decoded, count)
+
+    def new_batch(self, capacity: int) -> NativeBatch:
+        """Memory for :meth:`remove_into`: decoded entries for ``capacity`` completions."""
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, not {capacity}")
+        return NativeBatch(self._ffi.new("uint64_t[]", 4 * capacity),
+                           self._ffi.new("uint32_t *"), capacity)
+
+    def remove_into(self, port: int, batch: NativeBatch, max_entries: int,
+                    timeout: int | None) -> list[int]:
+        """As :meth:`remove_completions`, into ``batch``, whose count stays set until
+        :meth:`NativeBatch.release`: a batch whose hand-over an exception interrupted is
+        found again by :meth:`NativeBatch.leftover`. Never call it while one is left over
+        (the C resets the count first)."""
+        if not 1 <= max_entries <= batch.capacity:
+            raise ValueError(f"max_entries {max_entries} outside 1..{batch.capacity}")
+        return self._remove(port, max_entries, timeout, batch.decoded, batch.count)
+
+    def _remove(self, port: int, max_entries: int, timeout: int | None, decoded: Any,
+                count: Any) -> list[int]:
         status: int = self._lib.ntafd_remove_completions(
             port, max_entries, timeout is not None, timeout or 0, decoded, count)
         if status < 0:

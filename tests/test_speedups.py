@@ -28,7 +28,8 @@ from afd import (
     base_socket_handle,
     build_poll_info,
 )
-from iocp import CompletionPort
+from iocp import Completion, CompletionPort
+from iocp.port import decode_entries
 from ntdll import speedups
 from ntdll.structures import FILE_IO_COMPLETION_INFORMATION, IO_STATUS_BLOCK, OVERLAPPED
 
@@ -189,10 +190,15 @@ def test_both_decoders_make_the_same_completions(entries: list[tuple[int, int, i
     words = (ctypes.c_uint64 * (4 * len(entries))).from_buffer(view)
     for index, (key, first_word, information) in enumerate(entries):
         words[4 * index:4 * index + 4] = [key, 0, first_word, information]
+    assert decode_entries(view, len(entries)) == native.decode_completions(view, len(entries))
     with CompletionPort() as port:
-        by_ctypes = port._complete_entries(view, len(entries))
-        by_c = port._complete_decoded(native.decode_completions(view, len(entries)))
+        by_ctypes: list[Completion] = []
+        port._hand_over(decode_entries(view, len(entries)), by_ctypes, recovering=False)
+        by_c: list[Completion] = []
+        port._hand_over(native.decode_completions(view, len(entries)), by_c, recovering=False)
     assert by_c == by_ctypes
+    assert [c.key for c in by_c] == [key for key, _, _ in entries]
+    assert [c.information for c in by_c] == [information for _, _, information in entries]
     assert [c.status for c in by_c] == [word & 0xFFFFFFFF for _, word, _ in entries]
 
 
