@@ -111,8 +111,9 @@ class ExecSessionConfig:
                      "drain_timeout"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value < math.inf:
-                raise ConfigError(name, f"must be a number of seconds >= 0 (0 = off), "
-                                        f"not {value!r}")
+                meaning = "at once" if name == "drain_timeout" else "off"
+                raise ConfigError(name, f"must be a finite number of seconds >= 0 "
+                                        f"(0 = {meaning}), not {value!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
