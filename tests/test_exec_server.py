@@ -389,3 +389,64 @@ def test_a_one_shot_server_exits_once_the_grandchild_had_its_drain_time(
     assert server.returncode == 0
     assert b"exited, exit code 0" in output
     assert wait_dead(grandchild)
+
+
+def _linux_processes_with(marker: str) -> dict[int, list[str]]:
+    """Linux pids whose command line contains ``marker`` (Wine processes are Linux processes
+    whose command line is the Windows one), with their arguments."""
+    found: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(marker in arg for arg in args):
+            found[int(entry.name)] = args
+    return found
+
+
+@pytest.mark.posix
+def test_a_killed_windows_server_takes_its_children_with_it() -> None:
+    """Under Wine: SIGKILL the Windows python running ntafd-exec. Its handles are closed by
+    the system, the child's job object with them, and KILL_ON_JOB_CLOSE kills the child —
+    the one way out the server cannot handle itself. (NTAFD_WINE_KEEP=1: winpy must not stop
+    the prefix's wineserver, which would kill every Wine process anyway.)"""
+    if not WINE_PYTHON.exists() or not Path("/usr/lib/wine/wine64").exists():
+        pytest.skip("the Windows python under Wine is not installed (make test installs it)")
+    marker = f"ntafd-kill-test-{os.getpid()}-{time.monotonic_ns()}"
+    code = f"import time; print('up', flush=True); time.sleep(120)  # {marker}"
+    port = _free_port()
+    env = dict(os.environ, WINEPREFIX=str(ROOT / ".cache" / "wineprefix"), NTAFD_WINE_KEEP="1")
+    server = subprocess.Popen(
+        [str(WINPY), "-m", "execsession", "-v", "-l", str(port), "-k",
+         "-e", "python.exe", "-S", "-u", "-c", code],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        cwd=ROOT)
+    try:
+        _wait_listening(server, port)
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            assert sock.recv(100).strip() == b"up"
+            processes = _linux_processes_with(marker)
+            [windows_server] = [pid for pid, args in processes.items()
+                                if args[0].endswith("python.exe") and "execsession" in args]
+            children = [pid for pid, args in processes.items() if "execsession" not in args
+                        and "winpy" not in " ".join(args)]
+            assert children, processes
+            os.kill(windows_server, signal.SIGKILL)
+            for pid in children:
+                assert wait_dead(pid), "a child outlived its killed server"
+            sock.settimeout(WAIT)
+            try:
+                assert sock.recv(100) == b""
+            except ConnectionResetError:
+                pass  # closed by the system: a reset is as good as a FIN here
+        server.wait(WAIT)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(WAIT)
+        if server.stdout is not None:
+            server.stdout.close()
+        subprocess.run([str(WINPY), "--stop"], env=env, timeout=WAIT, check=False)
