@@ -690,7 +690,9 @@ def _grandchild_command() -> tuple[str, bytes]:
     """A shell command whose child exits at once, leaving a backgrounded grandchild that holds
     its stdout: prints the grandchild's pid, later "late", then sleeps for two minutes."""
     if ON_WINDOWS:
-        code = ("import os,time; print(os.getpid(), flush=True); time.sleep(0.5); "
+        # cmd.exe exits at once; the python grandchild takes a while to start, so all it
+        # writes comes after the child's exit.
+        code = ("import os,time; print(os.getpid(), flush=True); "
                 "print('late', flush=True); time.sleep(120)")
         return f'start /b "" "{sys.executable}" -S -u -c "{code}"', b"late"
     return "(sleep 0.5; echo late; exec sleep 120) & echo $!", b"late"
@@ -702,11 +704,11 @@ def test_a_grandchild_holding_the_output_is_drained_then_killed() -> None:
     ``drain_timeout`` reaches the client; then the tree is killed and the session ends as
     ``exited`` with the child's code — not after the grandchild's two minutes."""
     command, late = _grandchild_command()
-    config = ExecSessionConfig(drain_timeout=5.0)
+    config = ExecSessionConfig(drain_timeout=8.0)  # room for a slow start under load
     with ServerThread(command, shell=True, keep_open=False, config=config) as server:
         received = exchange(server.address)
         [result] = server.wait_results(1)
-    grandchild = int(received.split()[0])
+    [grandchild] = [int(word) for word in received.split() if word.isdigit()]
     assert late in received
     assert (result.reason, result.returncode) == ("exited", 0)
     assert wait_dead(grandchild), "the grandchild outlived the session"
