@@ -456,8 +456,9 @@ class ExecSession:
         self._drain_deadline = None
         if not self._tree_killed and self._child is not None:
             self._tree_killed = True
-            log.info("session pid %s: the child exited, its tree still held the output: "
-                     "killing it", self.pid)
+            # Harmless if only unread bytes kept the output open: they stay in the pipe.
+            log.info("session pid %s: the child exited and its output is still open: killing "
+                     "what is left of its tree", self.pid)
             self._child.kill()
 
     def _client_lost(self, error: BaseException) -> None:
