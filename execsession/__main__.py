@@ -6,13 +6,13 @@ import argparse
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from types import FrameType
 
 from .config import ConfigError, ExecSessionConfig, StderrMode
-from .loop import BACKENDS, open_loop
+from .loop import BACKEND_ENV, BACKENDS, default_backend, open_loop
 from .server import AddressFilter, ExecServer, is_loopback_host, parse_listen
-from .session import EXIT_GRACE
 
 USAGE = "%(prog)s -l [HOST:]PORT [options] (-e PROG [ARGS ...] | -c CMD)"
 DESCRIPTION = """\
@@ -29,7 +29,10 @@ Examples:
 When the client closes its side, the process's stdin is closed once all it sent is written;
 when the process closes its output, the connection is half-closed once all of it is sent.
 A client that disconnects, or a timeout, kills the process and everything it started.
-Ctrl-C or SIGTERM stops accepting, kills the children and exits.
+When the process exits while something it started still holds its output, that output is
+relayed for --drain-timeout more seconds, then the rest of its tree is killed.
+Ctrl-C or SIGTERM stops accepting, kills the children and exits; so does any other way out
+(an internal error included): no child outlives the server, except after SIGKILL on POSIX.
 """
 
 
@@ -86,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SECS",
                         help="kill it if no byte moved within this long of the start "
                              "(0 = never)")
+    parser.add_argument("--drain-timeout", type=_positive_float, default=None,
+                        metavar="SECS",
+                        help="once the process exited, relay the output of what it left "
+                             "running for this long, then kill it (default 2; 0 = at once)")
     parser.add_argument("--stderr", choices=[mode.value for mode in StderrMode],
                         default="merge",
                         help="the process's stderr: to the client with stdout (merge, the "
@@ -105,6 +112,8 @@ def _config(args: argparse.Namespace) -> ExecSessionConfig:
         half = max(1, args.buffer // 2)
         sizes = {"stdout_buffer": args.buffer, "stdin_buffer": half, "stderr_buffer": half,
                  "max_buffered": args.buffer + half}
+    if args.drain_timeout is not None:
+        sizes["drain_timeout"] = args.drain_timeout
     return ExecSessionConfig(exec_timeout=args.exec_timeout, idle_timeout=args.idle_timeout,
                              connect_timeout=args.connect_timeout, stderr=args.stderr, **sizes)
 
@@ -137,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     program: list[str] = list(args.argv or ())
     command: list[str] | str = args.shell_command if args.shell_command is not None else program
-    loop = open_loop(args.backend)
+    try:
+        loop = open_loop(args.backend or default_backend())
+    except ValueError as error:  # a backend this platform lacks, or a bad $NTAFD_EXEC_BACKEND
+        source = "--backend" if args.backend else f"${BACKEND_ENV}"
+        parser.error(f"{source}: {error}")
     try:
         try:
             server = ExecServer(
@@ -158,19 +171,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             stopping.append(signum)
             loop.call_soon_threadsafe(server.close)
 
-        previous = {signum: signal.signal(signum, on_signal)
-                    for signum in (signal.SIGINT, signal.SIGTERM)}
+        signals = [signal.SIGINT, signal.SIGTERM]
+        if hasattr(signal, "SIGHUP"):
+            signals.append(signal.SIGHUP)  # the terminal went away
+        previous = {signum: signal.signal(signum, on_signal) for signum in signals}
+        status = 0
         try:
             loop.run(until=lambda: server.done)
-            if stopping:
-                # Children are being killed: wait (bounded) until each is reaped.
-                loop.run(until=lambda: not server.sessions, timeout=EXIT_GRACE + 1)
+        except Exception as error:  # a bug: say so, and still take every child down
+            print("ntafd-exec: internal error, stopping:\n"
+                  + "".join(traceback.format_exception(error)).rstrip(), file=sys.stderr)
+            status = 1
         finally:
+            # Every way out (done, a signal, an error, even KeyboardInterrupt here): stop
+            # accepting, kill every child's tree and wait (bounded) until each is reaped.
+            server.shutdown()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         if stopping:
             logging.getLogger("execsession").info("stopped by signal %d", stopping[0])
-        return 0
+        return status
     finally:
         loop.close()
 

@@ -58,6 +58,12 @@ class ExecSessionConfig:
     fires the child's process tree is killed and the connection closed. ``close_timeout``
     bounds the wait for the client's EOF after the output was sent and the child exited
     (data arriving then is discarded), so the socket closes gracefully instead of with a reset.
+
+    ``drain_timeout`` (seconds, finite; 0 = at once): once the child itself has exited, its
+    output is still relayed for this long if something it started (a backgrounded process)
+    keeps its stdout open; then the whole tree is killed, what was already written is relayed
+    to its end, and the session ends as ``exited`` with the child's exit code. The same on
+    every backend.
     """
 
     stdin_buffer: int = 32 * KIB
@@ -70,6 +76,7 @@ class ExecSessionConfig:
     connect_timeout: float = 0.0
     idle_timeout: float = 0.0
     close_timeout: float = 2.0
+    drain_timeout: float = 2.0
     stderr: StderrMode = StderrMode.MERGE
 
     def __post_init__(self) -> None:
@@ -100,11 +107,13 @@ class ExecSessionConfig:
             raise ConfigError("resume_threshold",
                               f"{self.resume_threshold} must be below pause_threshold "
                               f"({self.pause_threshold}), or reading would never pause")
-        for name in ("exec_timeout", "connect_timeout", "idle_timeout", "close_timeout"):
+        for name in ("exec_timeout", "connect_timeout", "idle_timeout", "close_timeout",
+                     "drain_timeout"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value < math.inf:
-                raise ConfigError(name, f"must be a number of seconds >= 0 (0 = off), "
-                                        f"not {value!r}")
+                meaning = "at once" if name == "drain_timeout" else "off"
+                raise ConfigError(name, f"must be a finite number of seconds >= 0 "
+                                        f"(0 = {meaning}), not {value!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

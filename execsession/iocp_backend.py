@@ -9,9 +9,11 @@
   A write is tried at once (it usually succeeds); a read is tried at once only after a read
   that filled its buffer (more is probably waiting), else it waits for a poll: under Wine every
   call is a wineserver round trip, and a ``recv`` that would block is one wasted.
-* The child's exit is polled (``WaitForSingleObject`` with no wait) only once its output ended
-  or it was killed: before that the session could not end anyway, and 200 idle sessions
-  polling would cost a round trip each per interval.
+* The child's exit is polled (``WaitForSingleObject`` with no wait): every ``POLL_IDLE_MAX``
+  seconds at most while its output is open (a process it started may hold the output after
+  the child exited: the session must still see the exit, see ``drain_timeout``), and quickly
+  (``POLL_MIN`` backing off to ``POLL_MAX``) once its output ended or it was killed. Under Wine
+  each poll is a wineserver round trip, so idle sessions poll seldom.
 * The process tree: the child is created suspended, put in a job object with
   ``KILL_ON_JOB_CLOSE``, then resumed, so every process it starts is in the job before it can
   start any; ``TerminateJobObject`` kills the tree, and closing the job kills what is left.
@@ -38,6 +40,7 @@ from afd import AfdHelperHandle, AfdPollEvents, AfdPollOperation, base_socket_ha
 from iocp import (
     PACKET,
     WAKEUP_KEY,
+    Completion,
     CompletionPort,
     Handle,
     IssueResult,
@@ -73,6 +76,8 @@ READ_MAX = 256 * 1024
 DEQUEUE_BATCH = 256
 POLL_MIN = 0.002
 POLL_MAX = 0.1
+POLL_IDLE_MAX = 1.0
+"""Slowest exit poll while the child's output is still open."""
 
 CREATE_SUSPENDED = 0x00000004
 CREATE_NEW_PROCESS_GROUP = 0x00000200  # Ctrl-C in the server's console does not reach it
@@ -106,12 +111,29 @@ class IocpLoop(Loop):
         self._acceptors: dict[int, _AfdAcceptor] = {}
 
     def _wait(self, timeout: float | None) -> None:
-        for completion in self.port.dequeue(timeout=timeout, max_entries=DEQUEUE_BATCH):
-            if completion.key == WAKEUP_KEY or completion.operation is None:
-                continue
-            owner = completion.operation.tag
-            if owner is not None:
-                owner.completed(completion.operation)
+        completions = self.port.dequeue(timeout=timeout, max_entries=DEQUEUE_BATCH)
+        for position, completion in enumerate(completions):
+            try:
+                self._dispatch(completion)
+            except BaseException:
+                # Ctrl-C (or another asynchronous exception) mid-batch: the rest of the batch
+                # was dequeued, so its owners get it on the next run instead of never.
+                for rest in completions[position + 1:]:
+                    self.call_soon(self._dispatch, rest)
+                raise
+
+    def _dispatch(self, completion: Completion) -> None:
+        """Hand one completion to its owner (a stream, an acceptor), isolated: an exception
+        ends that owner's session only (:meth:`Loop._callback_failed`)."""
+        operation = completion.operation
+        if completion.key == WAKEUP_KEY or operation is None:
+            return
+        owner = operation.tag
+        if owner is not None:
+            try:
+                owner.completed(operation)
+            except Exception as error:
+                self._callback_failed(owner.completed, error, owner)
 
     def _wakeup(self) -> None:
         try:
@@ -533,7 +555,10 @@ class _AfdAcceptor:
         self._poll = None
         if self._closed:
             return
-        self._callback()
+        try:
+            self._callback()
+        except Exception as error:  # logged; the listener is watched again all the same
+            self._loop._callback_failed(self._callback, error)
         if not self._closed:
             self._issue()
 
@@ -580,6 +605,14 @@ class _WindowsChild(Child):
                  stderr: StderrMode, pipe_sizes: tuple[int, int, int], cwd: str | None,
                  env: dict[str, str] | None) -> None:
         self._loop = loop
+        # Every attribute kill() and close() use is set before anything can fail, so a failure
+        # below is raised as itself, never masked by an AttributeError from the clean-up.
+        self._process: subprocess.Popen[bytes] | None = None
+        self._returncode: int | None = None
+        self._on_exit: Callable[[int], None] | None = None
+        self._delay = POLL_MIN
+        self._timer: Timer | None = None
+        self._expected = False
         ours: list[Handle] = []
         theirs: list[int] = []  # fds of the child's ends
         job: Handle | None = None
@@ -630,7 +663,7 @@ class _WindowsChild(Child):
         finally:
             for fd in theirs:
                 os.close(fd)
-        self._process: subprocess.Popen[bytes] | None = process
+        self._process = process
         self._job: Handle = job
         self.pid = process.pid
         streams: list[_PipeStream] = []
@@ -642,18 +675,20 @@ class _WindowsChild(Child):
                 stream.close()
             for owned in ours[len(streams):]:
                 owned.close()
-            self.kill()
+            self._job.close()  # KILL_ON_JOB_CLOSE: the child dies with it
+            try:
+                process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
             raise
         self.stdin = streams[0]
         self.stdout = streams[1]
         self.stderr = streams[2] if stderr_r is not None else None
-        self._returncode: int | None = None
-        self._on_exit: Callable[[int], None] | None = None
-        self._delay = POLL_MIN
-        self._timer: Timer | None = None
 
     def watch_exit(self, callback: Callable[[int], None]) -> None:
-        self._on_exit = callback  # polled from expect_exit() on: output ended, or killed
+        self._on_exit = callback
+        if self._returncode is None and self._timer is None:
+            self._schedule(POLL_MAX)  # idle polling, backing off to POLL_IDLE_MAX
 
     def _schedule(self, delay: float) -> None:
         if self._timer is not None:
@@ -662,6 +697,7 @@ class _WindowsChild(Child):
         self._timer = self._loop.call_later(delay, self._poll)
 
     def expect_exit(self) -> None:
+        self._expected = True
         if self._returncode is None and self._on_exit is not None:
             self._schedule(POLL_MIN)
 
@@ -672,7 +708,7 @@ class _WindowsChild(Child):
             return
         returncode = process.poll()
         if returncode is None:
-            self._schedule(min(POLL_MAX, self._delay * 2))
+            self._schedule(min(POLL_MAX if self._expected else POLL_IDLE_MAX, self._delay * 2))
             return
         self._returncode = returncode
         if self._on_exit is not None:

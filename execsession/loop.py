@@ -11,11 +11,13 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import logging
 import os
 import socket
 import sys
 import threading
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +29,7 @@ __all__ = [
     "BACKEND_ENV",
     "Child",
     "Loop",
+    "Owned",
     "ReadCallback",
     "Stream",
     "Timer",
@@ -34,6 +37,8 @@ __all__ = [
     "default_backend",
     "open_loop",
 ]
+
+log = logging.getLogger("execsession.loop")
 
 BACKEND_ENV = "NTAFD_EXEC_BACKEND"
 """Environment variable that overrides the backend choice (``iocp`` or ``selectors``)."""
@@ -46,7 +51,21 @@ WriteCallback = Callable[[int, BaseException | None], None]
 """Called with the number of bytes written (maybe fewer than asked) or ``0`` and the error."""
 
 
-class Stream(ABC):
+class Owned:
+    """Something the loop calls back (a stream, a child) on behalf of a user (a session).
+
+    When one of its callbacks raises, the loop logs the error and calls
+    :meth:`callback_failed`, which hands it to :attr:`failure_handler` (if set)."""
+
+    failure_handler: Callable[[BaseException], None] | None = None
+
+    def callback_failed(self, error: BaseException) -> None:
+        handler = self.failure_handler
+        if handler is not None:
+            handler(error)
+
+
+class Stream(Owned, ABC):
     """One end of a socket or pipe, driven by the loop."""
 
     @abstractmethod
@@ -66,8 +85,11 @@ class Stream(ABC):
         """Release the handle or fd; requests still outstanding are cancelled silently."""
 
 
-class Child(ABC):
-    """A child process (and, through a process group or job object, its whole tree)."""
+class Child(Owned, ABC):
+    """A child process (and, through a process group or job object, its whole tree).
+
+    Its exit is reported once the child itself has exited; what it started may still run (and
+    hold its output pipes) until :meth:`kill` or :meth:`close`, which kill the whole tree."""
 
     pid: int
     stdin: Stream
@@ -77,18 +99,20 @@ class Child(ABC):
 
     @abstractmethod
     def watch_exit(self, callback: Callable[[int], None]) -> None:
-        """Call ``callback(returncode)`` once the child has exited and been reaped."""
+        """Call ``callback(returncode)`` once the child has exited (its tree may live on)."""
 
-    def expect_exit(self) -> None:  # noqa: B027 - an optional hint, a no-op by default
+    def expect_exit(self) -> None:
         """A hint: the child closed its output, so its exit is probably near."""
 
     @abstractmethod
     def kill(self) -> None:
-        """Kill the child and everything it started. Idempotent; the exit is still reported."""
+        """Kill the child and everything it started, also after the child itself exited.
+        Idempotent; the exit is still reported."""
 
     @abstractmethod
     def close(self) -> None:
-        """Release what is left (streams, job object...). The child must have been reaped."""
+        """Kill what is left of the tree and release everything (streams, job object...);
+        reaps the child, waiting briefly if it has not exited yet."""
 
 
 class Timer:
@@ -195,7 +219,31 @@ class Loop(ABC):
         # I/O is never starved.
         for _ in range(len(self._ready)):
             callback, args = self._ready.popleft()
-            callback(*args)
+            try:
+                callback(*args)
+            except Exception as error:
+                self._callback_failed(callback, error)
+
+    def _callback_failed(self, callback: Callable[..., object], error: Exception,
+                         owner: object = None) -> None:
+        """``callback`` raised ``error``: log it and tell its owner (``owner``, else the object
+        ``callback`` is a bound method of) through ``callback_failed(error)``, so that only
+        what it belongs to ends; the loop goes on with the next callback."""
+        if owner is None:
+            owner = getattr(callback, "__self__", None)
+        # The traceback as text: a log record that kept the exception would keep its frames
+        # (and the sessions and loop in them) alive.
+        log.error("a callback failed (%s); ending what it belongs to:\n%s",
+                  getattr(callback, "__qualname__", repr(callback)),
+                  "".join(traceback.format_exception(error)).rstrip())
+        handler = getattr(owner, "callback_failed", None)
+        if handler is None:
+            return
+        try:
+            handler(error)
+        except Exception as second:
+            log.error("handling that failure failed too:\n%s",
+                      "".join(traceback.format_exception(second)).rstrip())
 
     def _wait_time(self, deadline: float | None) -> float | None:
         if self._ready or self._stopping:

@@ -2,9 +2,11 @@
 completions, children in their own session so the whole tree can be killed.
 
 Exit detection: a pidfd (Linux ≥ 5.3) becomes readable when the child exits, *before* it is
-reaped; the zombie keeps its pid — and so its process group id — reserved, so the group is
-killed (whatever the child left running) and only then reaped. Without pidfds the child is
-polled with ``waitid(WNOWAIT)``, which also leaves it unreaped.
+reaped; without pidfds the child is polled. Either way its exit code is read with
+``waitid(WNOWAIT)``, which leaves it a zombie: the zombie keeps its pid — and so its process
+group id — reserved, so the group can still be killed safely (whatever the child left running,
+when the session decides: see ``drain_timeout``), and the child is reaped only after that, in
+:meth:`_PosixChild.close`. No pid-reuse race: ``killpg`` never names a group that is not ours.
 """
 
 from __future__ import annotations
@@ -93,14 +95,24 @@ class SelectorLoop(Loop):
 
     def _wait(self, timeout: float | None) -> None:
         self._apply()
+        # Readiness is level-triggered: events left undispatched by an asynchronous exception
+        # (Ctrl-C) are reported again by the next select().
         for key, mask in self._selector.select(timeout):
             watch: _Watch = key.data
             if watch.closed:
                 continue
             if mask & EVENT_READ and watch.reader is not None:
-                watch.reader()
+                reader = watch.reader
+                try:
+                    reader()
+                except Exception as error:  # ends that callback's owner only
+                    self._callback_failed(reader, error)
             if mask & EVENT_WRITE and watch.writer is not None and not watch.closed:
-                watch.writer()
+                writer = watch.writer
+                try:
+                    writer()
+                except Exception as error:
+                    self._callback_failed(writer, error)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -318,7 +330,8 @@ class _PosixChild(Child):
         self.stdin = _FdStream(loop, stdin_w, owns=True)
         self.stdout = _FdStream(loop, stdout_r, owns=True)
         self.stderr = _FdStream(loop, stderr_r, owns=True) if stderr_r is not None else None
-        self._returncode: int | None = None
+        self._returncode: int | None = None  # known once it exited (maybe not reaped yet)
+        self._reaped = False
         self._on_exit: Callable[[int], None] | None = None
         self._pidfd: int | None = None
         self._pid_watch: _Watch | None = None
@@ -332,42 +345,56 @@ class _PosixChild(Child):
             self._loop.call_later(POLL_MIN, self._poll)
             return
         self._pid_watch = _Watch(self._pidfd)
-        self._pid_watch.reader = self._reap
+        self._pid_watch.reader = self._exited
         self._loop._changed(self._pid_watch)
 
     def expect_exit(self) -> None:
         self._poll_delay = POLL_MIN
 
+    def _exit_status(self) -> int | None:
+        """The child's exit code (negative signal number) if it has exited, leaving it
+        unreaped (``WNOWAIT``), else ``None``."""
+        if not hasattr(os, "waitid"):  # pragma: no cover - platforms without waitid
+            self._reaped = self._process.poll() is not None  # reaps: the group may be gone
+            return self._process.returncode
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped by someone else
+            self._reaped = True
+            return self._process.wait()
+        if info is None:
+            return None
+        if info.si_code == os.CLD_EXITED:
+            return info.si_status
+        return -info.si_status  # killed or dumped: the signal number
+
     def _poll(self) -> None:
         if self._returncode is not None:
             return
-        if hasattr(os, "waitid"):
-            try:
-                exited = os.waitid(os.P_PID, self.pid,
-                                   os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-            except ChildProcessError:
-                exited = True
-        else:  # pragma: no cover - platforms without waitid
-            exited = self._process.poll() is not None
-        if exited:
-            self._reap()
+        if self._exit_status() is not None:
+            self._exited()
             return
         self._poll_delay = min(POLL_MAX, self._poll_delay * 2)
         self._loop.call_later(self._poll_delay, self._poll)
 
-    def _reap(self) -> None:
+    def _exited(self) -> None:
+        """The child exited (the pidfd is readable, or the poll saw it): report its code. It
+        stays a zombie, so its group can still be killed, until :meth:`close` reaps it."""
         if self._returncode is not None:
             return
-        self._kill_group()  # the leader is a zombie: its group id is still ours
-        self._returncode = self._process.wait()
         if self._pid_watch is not None:
             self._loop._forget(self._pid_watch)
             self._pid_watch = None
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        returncode = self._exit_status()
+        if returncode is None:  # pragma: no cover - a pidfd is readable only once it exited
+            returncode = self._process.wait()
+            self._reaped = True
+        self._returncode = returncode
         if self._on_exit is not None:
-            self._on_exit(self._returncode)
+            self._on_exit(returncode)
 
     def _kill_group(self) -> None:
         try:
@@ -379,7 +406,7 @@ class _PosixChild(Child):
             self._process.kill()
 
     def kill(self) -> None:
-        if self._returncode is None:  # once reaped, the pid may belong to another process
+        if not self._reaped:  # once reaped, the pid may belong to another process
             self._kill_group()
             self._poll_delay = POLL_MIN
 
@@ -387,17 +414,23 @@ class _PosixChild(Child):
         for stream in (self.stdin, self.stdout, self.stderr):
             if stream is not None:
                 stream.close()
+        if self._pid_watch is not None:
+            self._loop._forget(self._pid_watch)
+            self._pid_watch = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._reaped:
+            return
+        # Kill what is left of the tree while the (zombie or live) leader keeps the group id
+        # ours, then reap it; a live child that does not die within a second is left to
+        # subprocess, which reaps it later.
+        self._kill_group()
+        try:
+            returncode = self._process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return
+        self._reaped = True
         if self._returncode is None:
-            # Not reaped in time (the session gave up waiting): kill and reap it blocking-ly,
-            # briefly; subprocess reaps it later otherwise.
-            self._kill_group()
-            try:
-                self._returncode = self._process.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
-            if self._pid_watch is not None:
-                self._loop._forget(self._pid_watch)
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
+            self._returncode = returncode
 

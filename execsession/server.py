@@ -7,11 +7,12 @@ import errno
 import ipaddress
 import logging
 import socket
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 
 from .config import ExecSessionConfig
 from .loop import Loop
-from .session import ExecSession, SessionResult
+from .session import EXIT_GRACE, ExecSession, SessionResult
 
 __all__ = ["AddressFilter", "ExecServer", "is_loopback_host", "parse_listen"]
 
@@ -21,13 +22,28 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ACCEPT_BACKOFF = 0.1
 """Seconds to stop accepting after ``accept`` failed for lack of fds or memory."""
+ACCEPT_BACKOFF_MAX = 5.0
+"""Longest pause after repeated unexpected ``accept`` failures (doubling from ACCEPT_BACKOFF)."""
+ACCEPTS_PER_EVENT = 64
+"""Most connections accepted (or skipped) per readiness event, so a flood cannot starve the
+sessions' I/O."""
 _OUT_OF_RESOURCES_ERRNO = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _OUT_OF_RESOURCES_WINERROR = {10024, 10055}  # WSAEMFILE, WSAENOBUFS
+# Errors about the one connection being accepted (it was reset or refused before we took it):
+# skip it and accept the next one.
+_CONNECTION_ERRNO = {errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM,
+                     errno.ETIMEDOUT}
+_CONNECTION_WINERROR = {10053, 10054, 10060}  # WSAECONNABORTED, WSAECONNRESET, WSAETIMEDOUT
 
 
 def _out_of_resources(error: OSError) -> bool:
     return (error.errno in _OUT_OF_RESOURCES_ERRNO
             or getattr(error, "winerror", None) in _OUT_OF_RESOURCES_WINERROR)
+
+
+def _about_the_connection(error: OSError) -> bool:
+    return (error.errno in _CONNECTION_ERRNO
+            or getattr(error, "winerror", None) in _CONNECTION_WINERROR)
 
 
 def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -117,6 +133,7 @@ class ExecServer:
         self.refused = 0
         self._accepted_one = False
         self._accept_paused = False
+        self._accept_backoff = ACCEPT_BACKOFF
         self._closed = False
         infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -141,29 +158,46 @@ class ExecServer:
         return (self._closed or (not self.keep_open and self._accepted_one)) and not self.sessions
 
     def _on_acceptable(self) -> None:
-        while self._listener is not None and not self._accept_paused:
+        for _ in range(ACCEPTS_PER_EVENT):
+            if self._listener is None or self._accept_paused:
+                return
             try:
                 conn, peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
-                if _out_of_resources(error):
-                    # The connection stays queued and the listener stays ready: accepting again
-                    # at once would spin. Stop watching it for a moment instead.
-                    log.warning("accept failed: %s; pausing accepts for %.1f s", str(error),
-                                ACCEPT_BACKOFF)
-                    self._pause_accepting()
-                    return
-                log.debug("accept failed: %s", str(error))  # e.g. the client reset first: skip it
-                continue
-            self._admit(conn, peer)
+                if _about_the_connection(error):
+                    log.debug("accept failed: %s; skipping that client", str(error))
+                    continue
+                # Out of fds or memory, or anything unexpected (a broken listener): the
+                # listener stays ready, so accepting again at once would spin at 100 % CPU.
+                # Stop watching it for a while instead (longer after each failure in a row).
+                resources = _out_of_resources(error)
+                delay = ACCEPT_BACKOFF if resources else self._accept_backoff
+                log.log(logging.WARNING if resources else logging.ERROR,
+                        "accept failed: %s; pausing accepts for %.1f s", str(error), delay)
+                if not resources:
+                    self._accept_backoff = min(ACCEPT_BACKOFF_MAX, delay * 2)
+                self._pause_accepting(delay)
+                return
+            self._accept_backoff = ACCEPT_BACKOFF
+            try:
+                self._admit(conn, peer)
+            except Exception as error:  # this client only: the server keeps serving
+                log.error("admitting %s failed; closing that connection:\n%s", peer,
+                          "".join(traceback.format_exception(error)).rstrip())
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        # More may be waiting: the listener is still ready, so the loop calls again.
 
-    def _pause_accepting(self) -> None:
+    def _pause_accepting(self, delay: float = ACCEPT_BACKOFF) -> None:
         if self._listener is None:
             return
         self._accept_paused = True
         self.loop.remove_acceptor(self._listener)
-        self.loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
+        self.loop.call_later(delay, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         self._accept_paused = False
@@ -190,7 +224,12 @@ class ExecServer:
         if not self.keep_open:
             self._accepted_one = True
             self._stop_listening()
-        session.start()
+        try:
+            session.start()
+        except Exception as error:  # ends this session (and reports it), not the server
+            log.error("starting the session for %s failed:\n%s", host,
+                      "".join(traceback.format_exception(error)).rstrip())
+            session.callback_failed(error)
 
     def _refuse(self, conn: socket.socket) -> None:
         self.refused += 1
@@ -205,7 +244,11 @@ class ExecServer:
         self.results.append(result)
         log.info("child %s: %s, exit code %s", session.pid, result.reason, result.returncode)
         if self.on_session_done is not None:
-            self.on_session_done(result)
+            try:
+                self.on_session_done(result)
+            except Exception as error:  # the user's hook: logged, the server keeps serving
+                log.error("on_session_done failed:\n%s",
+                          "".join(traceback.format_exception(error)).rstrip())
 
     def _stop_listening(self) -> None:
         listener, self._listener = self._listener, None
@@ -219,4 +262,23 @@ class ExecServer:
         self._closed = True
         self._stop_listening()
         for session in list(self.sessions):
-            session.abort("server-shutdown")
+            try:
+                session.abort("server-shutdown")
+            except Exception as error:
+                log.error("aborting session pid %s failed: %s", session.pid, str(error))
+                session.close()
+
+    def shutdown(self, timeout: float = EXIT_GRACE) -> None:
+        """:meth:`close`, run the loop until every session has ended (at most ``timeout``
+        seconds), then end any session left by force: its tree killed, everything released.
+        Call it on the loop's thread, outside the loop (e.g. when :meth:`Loop.run` returned or
+        raised); it is what ``ntafd-exec`` does on every way out, so no child outlives it."""
+        self.close()
+        if self.sessions and not self.loop.closed:
+            try:
+                self.loop.run(until=lambda: not self.sessions, timeout=timeout)
+            except Exception as error:  # a broken loop: end the sessions without it
+                log.error("the loop failed while shutting down: %s", str(error))
+        for session in list(self.sessions):
+            session.close("server-shutdown")
+            self.sessions.discard(session)

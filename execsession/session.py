@@ -11,6 +11,12 @@ and the child. Rules it keeps:
 * The session ends when the output is sent and the child has exited (its code is in the
   result). It then waits up to ``close_timeout`` for the client's EOF, discarding what comes,
   so the close is graceful.
+* A child that exits while something it started still holds its output: the output is relayed
+  for ``drain_timeout`` more seconds, then the tree is killed (the output then ends) — on every
+  backend alike.
+* A callback of this session that raises (a bug, a failing hook) ends this session only
+  (``reason == "internal-error"``, the error in the result); the loop and the other sessions
+  go on (:meth:`callback_failed`).
 * Client disconnect (reset, or a send that fails), a timeout or :meth:`abort`: the child's tree
   is killed, the socket closed, and the session ends once the child is reaped.
 * Every fd, handle and process is released by :meth:`_finish`, on every path.
@@ -45,7 +51,8 @@ class SessionResult:
 
     ``reason``: ``exited`` (the normal end), ``client-disconnected``, ``exec-timeout``,
     ``connect-timeout``, ``idle-timeout``, ``aborted`` (by :meth:`ExecSession.abort`),
-    ``server-shutdown`` or ``spawn-failed``. ``returncode``: the child's exit code (negative
+    ``server-shutdown``, ``spawn-failed`` or ``internal-error`` (one of the session's
+    callbacks raised: ``error`` says what). ``returncode``: the child's exit code (negative
     signal number on POSIX), ``None`` if it never ran. ``pauses``: how often flow control
     stopped reading a source; ``peak_buffered``: the most bytes held at once (never above
     ``max_buffered``: a read is only issued for the room left).
@@ -138,6 +145,8 @@ class ExecSession:
         self._returncode: int | None = None
         self._exited = False
         self._closing = False  # output sent, child gone: waiting for the client's EOF
+        self._drain_deadline: float | None = None  # child gone, its output still open
+        self._tree_killed = False
         self._aborting: str | None = None
         self._error: str | None = None
         self._finished = False
@@ -182,6 +191,11 @@ class ExecSession:
             loop.call_soon(self._finish)
             return
         log.debug("session started: pid %d", self._child.pid)
+        # A failing callback of any of these (or of this session) ends this session only.
+        for part in (self._client, self._child, self._child.stdin, self._child.stdout,
+                     self._child.stderr):
+            if part is not None:
+                part.failure_handler = self.callback_failed
         if self._child.stderr is None:
             self._err_eof = True
         self._child.watch_exit(self._on_exit)
@@ -210,6 +224,33 @@ class ExecSession:
             self.loop.call_soon(self._finish)
         else:
             self._reschedule(EXIT_GRACE)
+
+    def callback_failed(self, error: BaseException) -> None:
+        """The loop's report that one of this session's callbacks (or its streams' or child's)
+        raised ``error`` (already logged): end this session — kill the tree, close the
+        connection — and nothing else."""
+        if self._finished:
+            return
+        if self._error is None:
+            self._error = f"internal error: {type(error).__name__}: {error}"
+        if self._child is None:
+            self._exited = True  # nothing to wait for
+        if self._aborting is None:
+            try:
+                self.abort("internal-error")
+                return
+            except Exception as second:
+                log.error("session pid %s: aborting failed: %s", self.pid, str(second))
+        self._finish()  # already ending (or abort failed): end now
+
+    def close(self, reason: str = "server-shutdown") -> None:
+        """End now, without waiting for anything: kill the tree, release everything (the
+        child is reaped, waiting at most a second), and report the result."""
+        if self._finished:
+            return
+        if self._aborting is None:
+            self._aborting = reason
+        self._finish()
 
     # -- the pump: decide what to read and write next ---------------------------------------
     def _total(self) -> int:
@@ -399,8 +440,26 @@ class ExecSession:
         if self._aborting is not None:
             self.loop.call_soon(self._finish)
             return
-        if not self._finished:
-            self._pump()
+        if self._finished:
+            return
+        if not (self._out_eof and self._err_eof):
+            # Something the child started still holds its output: relay it for drain_timeout
+            # more seconds, then kill the tree (its output then ends).
+            if self.config.drain_timeout:
+                self._drain_deadline = self.loop.time() + self.config.drain_timeout
+                self._schedule_timeouts()
+            else:
+                self._kill_tree()
+        self._pump()
+
+    def _kill_tree(self) -> None:
+        self._drain_deadline = None
+        if not self._tree_killed and self._child is not None:
+            self._tree_killed = True
+            # Harmless if only unread bytes kept the output open: they stay in the pipe.
+            log.info("session pid %s: the child exited and its output is still open: killing "
+                     "what is left of its tree", self.pid)
+            self._child.kill()
 
     def _client_lost(self, error: BaseException) -> None:
         log.debug("session pid %s: client lost: %s", self.pid, str(error))
@@ -412,6 +471,8 @@ class ExecSession:
         if self._closing:  # the child has exited and its output was sent: only closing is left
             return [(self._close_deadline, "close")]
         deadlines: list[tuple[float, str]] = []
+        if self._drain_deadline is not None:
+            deadlines.append((self._drain_deadline, "drain"))
         if config.exec_timeout:
             deadlines.append((self._started_at + config.exec_timeout, "exec-timeout"))
         if config.connect_timeout and not self._active:
@@ -444,6 +505,9 @@ class ExecSession:
             if deadline <= now:
                 if reason == "close":
                     self._finish()
+                elif reason == "drain":
+                    self._kill_tree()
+                    self._schedule_timeouts()
                 else:
                     self.abort(reason)
                 return
@@ -465,10 +529,22 @@ class ExecSession:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._close_client()
+        # Each step is attempted whatever the one before raised, and on_done is always called:
+        # a session that never reported its end would keep its server open forever.
+        try:
+            self._close_client()
+        except Exception as error:
+            log.error("session pid %s: closing the connection failed: %s", self.pid, str(error))
         if self._child is not None:
-            self._child.kill()  # whatever the child left running in its tree
-            self._child.close()
+            try:
+                self._child.kill()  # whatever the child left running in its tree
+            except Exception as error:
+                log.error("session pid %s: kill failed: %s", self.pid, str(error))
+            try:
+                self._child.close()
+            except Exception as error:
+                log.error("session pid %s: releasing the child failed: %s", self.pid,
+                          str(error))
         self.result = SessionResult(
             reason=self._aborting or "exited",
             returncode=self._returncode,

@@ -60,6 +60,8 @@ def test_defaults_engage_flow_control() -> None:
     ("idle_timeout", float("inf")),
     ("connect_timeout", "5"),
     ("close_timeout", float("nan")),
+    ("drain_timeout", -0.5),
+    ("drain_timeout", float("inf")),
     ("stderr", "both"),
 ])
 def test_invalid_config_names_the_field(field: str, value: Any) -> None:
@@ -140,6 +142,8 @@ def test_help_reads_like_ncats(capsys: pytest.CaptureFixture[str]) -> None:
     (["-l", "8000", "--deny", "x.y", "-e", "cat"], "--deny"),
     (["-l", "8000", "--idle-timeout", "-1", "-e", "cat"], ">= 0"),
     (["-l", "8000", "--buffer", "0", "-e", "cat"], "stdout_buffer"),
+    (["-l", "8000", "--drain-timeout", "x", "-e", "cat"], "number of seconds"),
+    (["-l", "8000", "--backend", "bogus", "-e", "cat"], "invalid choice"),
 ])
 def test_bad_command_lines_are_refused_clearly(argv: list[str], message: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -296,3 +300,159 @@ def test_real_clients_to_the_windows_server_under_wine(client: str) -> None:
             server.wait(WAIT)
         if server.stdout is not None:
             server.stdout.close()
+
+
+# -- issue 11: bad backends, and no child outlives the server -------------------------------
+def test_a_backend_this_platform_lacks_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    other = "selectors" if sys.platform == "win32" else "iocp"
+    with pytest.raises(SystemExit) as caught:
+        main(["-l", "0", "--backend", other, "-e", "cat"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--backend: the {other} backend needs" in err and "Traceback" not in err
+    monkeypatch.setenv(BACKEND_ENV, "bogus")
+    with pytest.raises(SystemExit) as caught:
+        main(["-l", "0", "-e", "cat"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert f"${BACKEND_ENV}: {BACKEND_ENV}='bogus': expected one of iocp, selectors" in err
+    assert "Traceback" not in err
+
+
+def test_the_drain_timeout_option_reaches_the_config() -> None:
+    from execsession.__main__ import _config
+
+    args = build_parser().parse_args(["-l", "1", "--drain-timeout", "0.25", "-e", "x"])
+    assert _config(args).drain_timeout == 0.25
+    assert _config(build_parser().parse_args(["-l", "1", "-e", "x"])).drain_timeout == 2.0
+
+
+def _read_pids(client: subprocess.Popen[bytes]) -> list[int]:
+    assert client.stdout is not None
+    return [int(word) for word in client.stdout.readline().split()]
+
+
+@pytest.mark.posix
+def test_an_internal_error_still_takes_every_child_down() -> None:
+    """The server's loop raises (injected: an error once a session relayed output): ntafd-exec
+    says so, exits with status 1, and kills every child and what it started first."""
+    _need("ncat")
+    port = _free_port()
+    script = (
+        "import sys\n"
+        "from execsession.server import ExecServer\n"
+        "from execsession.__main__ import main\n"
+        "def done(self):\n"
+        "    if any(session._bytes_out for session in self.sessions):\n"
+        "        raise RuntimeError('injected failure in the server loop')\n"
+        "    return False\n"
+        "ExecServer.done = property(done)\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    server = subprocess.Popen(
+        [sys.executable, "-c", script, "-v", "-l", str(port), "-k", "-c",
+         "sleep 120 & echo $! $$; exec sleep 120"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    client = None
+    try:
+        _wait_listening(server, port)
+        client = subprocess.Popen(_ncat(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        grandchild, child = _read_pids(client)
+        output, _ = server.communicate(timeout=WAIT)
+        assert server.returncode == 1
+        assert b"internal error" in output and b"injected failure" in output
+        assert wait_dead(child) and wait_dead(grandchild)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(WAIT)
+        if client is not None:
+            client.kill()
+            client.wait(WAIT)
+            for stream in (client.stdin, client.stdout):
+                if stream is not None:
+                    stream.close()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+@pytest.mark.posix
+def test_a_one_shot_server_exits_once_the_grandchild_had_its_drain_time(
+        linux_server: Any) -> None:
+    """Normal exit: the child exits at once, a backgrounded sleep holds its stdout. After
+    --drain-timeout the tree is killed, the session ends as exited, the server exits 0, and
+    the sleep is gone (it lived on, in its own process group, before issue 11)."""
+    _need("ncat")
+    server, port = linux_server("--drain-timeout", "0.5", "-c", "sleep 120 & echo $!")
+    [grandchild] = [int(word) for word in _client(_ncat(port), b"").split()]
+    output, _ = server.communicate(timeout=WAIT)
+    assert server.returncode == 0
+    assert b"exited, exit code 0" in output
+    assert wait_dead(grandchild)
+
+
+def _linux_processes_with(marker: str) -> dict[int, list[str]]:
+    """Linux pids whose command line contains ``marker`` (Wine processes are Linux processes
+    whose command line is the Windows one), with their arguments."""
+    found: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(marker in arg for arg in args):
+            found[int(entry.name)] = args
+    return found
+
+
+@pytest.mark.posix
+def test_a_killed_windows_server_takes_its_children_with_it() -> None:
+    """Under Wine: SIGKILL the Windows python running ntafd-exec. Its handles are closed by
+    the system, the child's job object with them, and KILL_ON_JOB_CLOSE kills the child —
+    the one way out the server cannot handle itself. (NTAFD_WINE_KEEP=1: winpy must not stop
+    the prefix's wineserver, which would kill every Wine process anyway.)"""
+    if not WINE_PYTHON.exists() or not Path("/usr/lib/wine/wine64").exists():
+        pytest.skip("the Windows python under Wine is not installed (make test installs it)")
+    marker = f"ntafd-kill-test-{os.getpid()}-{time.monotonic_ns()}"
+    code = f"import time; print('up', flush=True); time.sleep(120)  # {marker}"
+    port = _free_port()
+    env = dict(os.environ, WINEPREFIX=str(ROOT / ".cache" / "wineprefix"), NTAFD_WINE_KEEP="1")
+    server = subprocess.Popen(
+        [str(WINPY), "-m", "execsession", "-v", "-l", str(port), "-k",
+         "-e", "python.exe", "-S", "-u", "-c", code],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        cwd=ROOT)
+    try:
+        _wait_listening(server, port)
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            line = b""
+            while b"\n" not in line:
+                chunk = sock.recv(100)
+                assert chunk, f"the session ended before its child started: {line!r}"
+                line += chunk
+            assert line.strip() == b"up"
+            processes = _linux_processes_with(marker)
+            [windows_server] = [pid for pid, args in processes.items()
+                                if args[0].endswith("python.exe") and "execsession" in args]
+            children = [pid for pid, args in processes.items() if "execsession" not in args
+                        and "winpy" not in " ".join(args)]
+            assert children, processes
+            if sys.platform != "win32":  # always (a posix test); for mypy --platform win32
+                os.kill(windows_server, signal.SIGKILL)
+            for pid in children:
+                assert wait_dead(pid), "a child outlived its killed server"
+            sock.settimeout(WAIT)
+            try:
+                assert sock.recv(100) == b""
+            except ConnectionResetError:
+                pass  # closed by the system: a reset is as good as a FIN here
+        server.wait(WAIT)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(WAIT)
+        if server.stdout is not None:
+            server.stdout.close()
+        subprocess.run([str(WINPY), "--stop"], env=env, timeout=WAIT, check=False)

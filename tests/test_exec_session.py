@@ -530,3 +530,255 @@ def test_exit_is_seen_without_pidfds(monkeypatch: pytest.MonkeyPatch) -> None:
         assert exchange(server.address).strip() == b"polled"
         [result] = server.wait_results(1)
     assert (result.reason, result.returncode) == ("exited", 5)
+
+
+# -- issue 11: one failing session never stops the server ---------------------------------------
+def test_one_failing_callback_loses_nothing_else_in_its_batch() -> None:
+    """Two sockets readable in the same wait (one dequeue batch on IOCP, one select() on
+    selectors) and two ready calls: the first of each raises. The loop logs it, tells the
+    failing stream's owner, and still runs the others."""
+    with open_loop() as loop:
+        pairs = [socket.socketpair() for _ in range(2)]
+        try:
+            for _, peer in pairs:
+                peer.sendall(b"ready")
+            streams = [loop.socket_stream(ours) for ours, _ in pairs]
+            failures: list[BaseException] = []
+            streams[0].failure_handler = failures.append
+            got: list[bytes] = []
+
+            def explode(data: bytes, error: BaseException | None) -> None:
+                raise RuntimeError("injected: a completion callback failed")
+
+            def keep(data: bytes, error: BaseException | None) -> None:
+                got.append(data)
+
+            streams[0].read(100, explode)
+            streams[1].read(100, keep)
+            calls: list[str] = []
+
+            def failing_call() -> None:
+                raise RuntimeError("injected: a ready callback failed")
+
+            loop.call_soon(failing_call)
+            loop.call_soon(calls.append, "after")
+            assert loop.run(until=lambda: bool(got and failures and calls), timeout=WAIT)
+            for stream in streams:
+                stream.close()
+        finally:
+            for ours, peer in pairs:
+                ours.close()
+                peer.close()
+    assert got == [b"ready"] and calls == ["after"]
+    assert [str(error) for error in failures] == ["injected: a completion callback failed"]
+
+
+def test_a_failing_session_ends_alone_and_the_server_keeps_serving(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session whose own callback raises (here: on the output that says "boom") ends as
+    ``internal-error`` with its child's tree killed; a session open meanwhile and a new one
+    are served as usual."""
+    original = ExecSession._on_stdout_data
+
+    def faulty(self: ExecSession, data: bytes, error: BaseException | None) -> None:
+        if b"boom" in data:
+            raise RuntimeError("injected failure in a session callback")
+        original(self, data, error)
+
+    monkeypatch.setattr(ExecSession, "_on_stdout_data", faulty)
+    with ServerThread(PYTHON_CAT) as server:
+        with connect(server.address) as bystander:
+            server.wait_sessions(1)
+            with connect(server.address) as victim:
+                victim.sendall(b"boom\n")
+                assert recv_all(victim) == b""  # closed without the output
+            [failed] = server.wait_results(1)
+            bystander.sendall(b"still here\n")
+            bystander.shutdown(socket.SHUT_WR)
+            assert recv_all(bystander) == b"still here\n"
+        assert exchange(server.address, b"next\n") == b"next\n"
+        results = server.wait_results(3)
+    assert failed.reason == "internal-error"
+    assert failed.error is not None and "injected failure" in failed.error
+    assert [r.reason for r in results[1:]] == ["exited", "exited"]
+
+
+def test_a_failing_admission_or_on_session_done_does_not_stop_the_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with ServerThread(PYTHON_CAT) as server:
+        seen: list[str] = []
+
+        def failing_hook(result: Any) -> None:
+            seen.append(result.reason)
+            raise RuntimeError("injected failure in on_session_done")
+
+        server.server.on_session_done = failing_hook
+        assert exchange(server.address, b"one\n") == b"one\n"
+        permits = server.server.filter.permits
+        calls: list[str] = []
+
+        def failing_once(host: str) -> bool:
+            calls.append(host)
+            if len(calls) == 1:
+                raise RuntimeError("injected failure while admitting a client")
+            return permits(host)
+
+        monkeypatch.setattr(server.server.filter, "permits", failing_once)
+        assert exchange(server.address, b"lost\n") == b""  # that client is closed
+        assert exchange(server.address, b"two\n") == b"two\n"
+        deadline = time.monotonic() + WAIT
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen == ["exited", "exited"]
+    assert len(calls) == 2
+
+
+class _ListenerBroken:
+    """Wraps the server's listener: ``accept`` fails with an error that is not about
+    resources nor about one connection, while ``failing`` is set."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.failing = True
+        self.calls = 0
+
+    def fileno(self) -> int:
+        return self.listener.fileno()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.calls += 1
+        if self.failing:
+            raise OSError(errno.EINVAL, "Invalid argument (injected)")
+        return self.listener.accept()
+
+    def setblocking(self, flag: bool) -> None:
+        self.listener.setblocking(flag)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_unexpected_accept_error_backs_off_instead_of_spinning() -> None:
+    with ServerThread(PYTHON_CAT) as server:
+        wrapper = _ListenerBroken(server.server._listener)  # type: ignore[arg-type]
+
+        def swap() -> None:
+            server.server._listener = wrapper  # type: ignore[assignment]
+        server.loop.call_soon_threadsafe(swap)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            current: object = server.server._listener
+            if current is wrapper:
+                break
+            time.sleep(0.01)
+        with connect(server.address) as client:
+            deadline = time.monotonic() + WAIT
+            while not wrapper.calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(1.0)  # a spinning loop would call accept() many thousand times
+            calls = wrapper.calls
+            wrapper.failing = False
+            client.sendall(b"served after all\n")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"served after all\n"
+        server.wait_results(1)
+    # Paused 0.1, 0.2, 0.4, 0.8 s... after each failure: a handful of calls, not a spin.
+    assert 1 <= calls <= 10, calls
+
+
+def _grandchild_command() -> tuple[str, bytes]:
+    """A shell command whose child exits at once, leaving a backgrounded grandchild that holds
+    its stdout: prints the grandchild's pid, later "late", then sleeps for two minutes."""
+    if ON_WINDOWS:
+        # cmd.exe exits at once; the python grandchild takes a while to start, so all it
+        # writes comes after the child's exit.
+        code = ("import os,time; print(os.getpid(), flush=True); "
+                "print('late', flush=True); time.sleep(120)")
+        return f'start /b "" "{sys.executable}" -S -u -c "{code}"', b"late"
+    return "(sleep 0.5; echo late; exec sleep 120) & echo $!", b"late"
+
+
+def test_a_grandchild_holding_the_output_is_drained_then_killed() -> None:
+    """ONE behaviour on both backends (cmd.exe's ``start /b`` in Wine, a backgrounded
+    subshell under sh): the child exits at once; what the grandchild writes within
+    ``drain_timeout`` reaches the client; then the tree is killed and the session ends as
+    ``exited`` with the child's code — not after the grandchild's two minutes."""
+    command, late = _grandchild_command()
+    config = ExecSessionConfig(drain_timeout=8.0)  # room for a slow start under load
+    with ServerThread(command, shell=True, keep_open=False, config=config) as server:
+        received = exchange(server.address)
+        [result] = server.wait_results(1)
+    [grandchild] = [int(word) for word in received.split() if word.isdigit()]
+    assert late in received
+    assert (result.reason, result.returncode) == ("exited", 0)
+    assert wait_dead(grandchild), "the grandchild outlived the session"
+
+
+def test_the_server_ends_every_session_by_force_when_told_to_shut_down() -> None:
+    """ExecServer.shutdown (what ntafd-exec runs on every way out): with no time left to wait,
+    each remaining session is ended at once, its whole tree killed."""
+    with open_loop() as loop:
+        from execsession import ExecServer
+
+        results: list[Any] = []
+        server = ExecServer(loop, ("127.0.0.1", 0), python_child(TREE_CODE), keep_open=True,
+                            on_session_done=results.append)
+        with connect(server.address) as client:
+            line = bytearray()
+
+            def read_pid() -> bool:
+                try:
+                    line.extend(client.recv(1))
+                except OSError:
+                    pass
+                return b"\n" in line
+
+            client.settimeout(0.01)
+            assert loop.run(until=read_pid, timeout=WAIT)
+            grandchild = int(line)
+            [session] = server.sessions
+            child = session.pid
+            assert child is not None and process_alive(grandchild)
+            server.shutdown(timeout=0)
+        assert not server.sessions
+    assert [result.reason for result in results] == ["server-shutdown"]
+    assert wait_dead(child) and wait_dead(grandchild)
+
+
+@pytest.mark.windows
+def test_a_failure_while_building_the_pipes_is_raised_as_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child is already running when its pipes' streams are built: a failure there is
+    raised as it is (it was masked by an AttributeError from the clean-up), and the child is
+    killed with its job."""
+    import subprocess
+
+    from execsession import StderrMode as Mode
+    from execsession import iocp_backend
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    class RecordingPopen(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    built: list[object] = []
+
+    class FailingPipeStream(iocp_backend._PipeStream):
+        def __init__(self, loop: Any, handle: Any) -> None:
+            if built:
+                handle.close()
+                raise OSError("injected: associating the stdout pipe failed")
+            built.append(self)
+            super().__init__(loop, handle)
+
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    monkeypatch.setattr(iocp_backend, "_PipeStream", FailingPipeStream)
+    with open_loop() as loop:
+        with pytest.raises(OSError, match="injected: associating"):
+            loop.spawn(python_child("import time; time.sleep(120)"), shell=False,
+                       stderr=Mode.MERGE, pipe_sizes=(4096, 4096, 4096))
+    [process] = started
+    assert wait_dead(process.pid)
+    process.wait(WAIT)
