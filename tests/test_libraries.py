@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
+from types import ModuleType
 
 import pytest
 
 import afd
+import execsession
 import iocp
 import ntdll
 from ntdll import NotOnWindowsError
 from ntdll import functions as nt
 
+PACKAGES = [ntdll, iocp, afd, execsession]
+WINDOWS_ONLY_MODULES = {"execsession.iocp_backend"}
+"""Modules that refuse to import off Windows, on purpose, with an ImportError saying so."""
 
-def test_packages_import_on_every_platform() -> None:
-    assert ntdll.NtStatusError is ntdll.status.NtStatusError
-    assert iocp.CompletionPort.__name__ == "CompletionPort"
-    assert int(afd.AfdPollEvents.ACCEPT) == 0x80
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda package: package.__name__)
+def test_every_module_imports_on_every_platform(package: ModuleType) -> None:
+    names = [info.name for info in pkgutil.walk_packages(package.__path__,
+                                                         package.__name__ + ".")]
+    assert names, f"{package.__name__} has no modules?"
+    for name in names:
+        if name in WINDOWS_ONLY_MODULES and sys.platform != "win32":
+            with pytest.raises(ImportError, match="needs Windows"):
+                importlib.import_module(name)
+        else:
+            importlib.import_module(name)
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda package: package.__name__)
+def test_every_exported_name_exists(package: ModuleType) -> None:
+    """``__all__`` is what ``from package import *`` and the documentation promise."""
+    exported = list(package.__all__)
+    assert exported and len(set(exported)) == len(exported)
+    missing = [name for name in exported if not hasattr(package, name)]
+    assert missing == []
 
 
 @pytest.mark.posix
