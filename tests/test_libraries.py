@@ -17,8 +17,10 @@ from ntdll import NotOnWindowsError
 from ntdll import functions as nt
 
 PACKAGES = [ntdll, iocp, afd, execsession]
-WINDOWS_ONLY_MODULES = {"execsession.iocp_backend"}
-"""Modules that refuse to import off Windows, on purpose, with an ImportError saying so."""
+PLATFORM_MODULES = {"execsession.iocp_backend": ("win32", "needs Windows"),
+                    "execsession.posix_backend": ("posix", "needs POSIX")}
+"""Backends that refuse to import on the other platform, on purpose, with an ImportError
+saying what they need."""
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda package: package.__name__)
@@ -26,9 +28,11 @@ def test_every_module_imports_on_every_platform(package: ModuleType) -> None:
     names = [info.name for info in pkgutil.walk_packages(package.__path__,
                                                          package.__name__ + ".")]
     assert names, f"{package.__name__} has no modules?"
+    here = "win32" if sys.platform == "win32" else "posix"
     for name in names:
-        if name in WINDOWS_ONLY_MODULES and sys.platform != "win32":
-            with pytest.raises(ImportError, match="needs Windows"):
+        platform, need = PLATFORM_MODULES.get(name, (here, ""))
+        if platform != here:
+            with pytest.raises(ImportError, match=need):
                 importlib.import_module(name)
         else:
             importlib.import_module(name)
