@@ -12,7 +12,7 @@ from types import FrameType
 
 from .config import ConfigError, ExecSessionConfig, StderrMode
 from .loop import BACKEND_ENV, BACKENDS, default_backend, open_loop
-from .server import AddressFilter, ExecServer, is_loopback_host, parse_listen
+from .server import DEFAULT_MAX_CONNS, AddressFilter, ExecServer, is_loopback_host, parse_listen
 
 USAGE = "%(prog)s -l [HOST:]PORT [options] (-e PROG [ARGS ...] | -c CMD)"
 DESCRIPTION = """\
@@ -72,13 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run CMD through the shell (/bin/sh -c, or cmd.exe /c on Windows)")
     parser.add_argument("-k", "--keep-open", action="store_true",
                         help="accept clients until stopped (default: serve one, then exit)")
-    parser.add_argument("-m", "--max-conns", type=int, default=100, metavar="N",
+    parser.add_argument("-m", "--max-conns", type=int, default=DEFAULT_MAX_CONNS, metavar="N",
                         help="most clients served at once; others are closed at once "
-                             "(default 100, 0 = no limit)")
+                             f"(default {DEFAULT_MAX_CONNS}, 0 = no limit)")
     parser.add_argument("--allow", action="append", default=[], metavar="IP[/BITS]",
-                        help="accept only these clients (repeat, or separate with commas)")
+                        help="accept only these clients (repeat, or separate with commas; "
+                             "an empty item is an error)")
     parser.add_argument("--deny", action="append", default=[], metavar="IP[/BITS]",
-                        help="refuse these clients (repeat, or separate with commas)")
+                        help="refuse these clients (repeat, or separate with commas; "
+                             "IPv4-mapped IPv6 networks match IPv4 clients)")
     parser.add_argument("--bind-public", action="store_true",
                         help="allow listening on a non-loopback address")
     parser.add_argument("--exec-timeout", type=_positive_float, default=0.0, metavar="SECS",
@@ -129,9 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         host, port = parse_listen(args.listen)
         config = _config(args)
+        # Every item counts: an empty one (`--allow ""`, `--allow a,`) is an error, never
+        # silently dropped (an allow list emptied that way would let everyone in).
         address_filter = AddressFilter(
-            [item for value in args.allow for item in value.split(",") if item],
-            [item for value in args.deny for item in value.split(",") if item])
+            [item for value in args.allow for item in value.split(",")],
+            [item for value in args.deny for item in value.split(",")])
     except (ValueError, ConfigError) as error:
         parser.error(str(error))
     if args.max_conns < 0:
@@ -157,9 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loop, (host, port), command,
                 shell=args.shell_command is not None, config=config,
                 keep_open=args.keep_open, max_conns=args.max_conns,
-                address_filter=address_filter,
+                address_filter=address_filter, bind_public=args.bind_public,
                 stderr_sink=sink if config.stderr is StderrMode.SEPARATE else None)
-        except OSError as error:
+        except (OSError, ValueError) as error:
             print(f"ntafd-exec: cannot listen on {host}:{port}: {error}", file=sys.stderr)
             return 2
         logging.getLogger("execsession").info("listening on %s:%d (%s backend)",

@@ -14,12 +14,15 @@ from .config import ExecSessionConfig
 from .loop import Loop
 from .session import EXIT_GRACE, ExecSession, SessionResult
 
-__all__ = ["AddressFilter", "ExecServer", "is_loopback_host", "parse_listen"]
+__all__ = ["DEFAULT_MAX_CONNS", "AddressFilter", "ExecServer", "is_loopback_host",
+           "parse_listen"]
 
 log = logging.getLogger("execsession.server")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+DEFAULT_MAX_CONNS = 100
+"""Sessions at once unless told otherwise (``ntafd-exec -m``'s default too)."""
 ACCEPT_BACKOFF = 0.1
 """Seconds to stop accepting after ``accept`` failed for lack of fds or memory."""
 ACCEPT_BACKOFF_MAX = 5.0
@@ -67,32 +70,85 @@ def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether every address ``host`` resolves to is a loopback address."""
+    """Whether every address ``host`` resolves to is a loopback address (an empty host, which
+    ``socket.bind`` takes for every interface, is not)."""
+    if not host.strip():
+        return False
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror:
         return False
-    addresses = {info[4][0] for info in infos}
-    return bool(addresses) and all(
-        ipaddress.ip_address(str(address).split("%")[0]).is_loopback for address in addresses)
+    addresses = {str(info[4][0]) for info in infos}
+    return bool(addresses) and all(_is_loopback_address(address) for address in addresses)
+
+
+def _is_loopback_address(text: str) -> bool:
+    """Whether ``text`` (an IP address, perhaps scoped or IPv4-mapped) is loopback."""
+    address = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+"""IPv4-mapped IPv6 addresses: ``::ffff:a.b.c.d`` is the IPv4 client ``a.b.c.d`` seen through
+an IPv6 socket, so it is matched as that IPv4 address."""
+_ALL_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
+
+
+def _normalise_network(network: Network) -> list[Network]:
+    """The networks to match clients (IPv4-mapped ones as IPv4) against, for ``network``.
+
+    An IPv6 network inside ``::ffff:0:0/96`` names IPv4 clients: it becomes that IPv4 network
+    (``::ffff:10.0.0.0/104`` → ``10.0.0.0/8``). One that contains the whole mapped range
+    (``::/0``) also names every IPv4 client. Otherwise a network matches only its own version.
+    """
+    if isinstance(network, ipaddress.IPv6Network):
+        if network.subnet_of(_MAPPED):
+            return [ipaddress.IPv4Network(
+                (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))]
+        if network.supernet_of(_MAPPED):
+            return [network, _ALL_IPV4]
+    return [network]
 
 
 class AddressFilter:
     """``--allow`` / ``--deny``: IP addresses and CIDR networks. A client is accepted if it is
-    in no deny network and, when allow networks are given, in one of them."""
+    in no deny network and, when allow networks are given, in one of them.
+
+    Nothing fails open: an empty item (``--allow ""``, ``--allow ,``) is an error, not an empty
+    list that would let everyone in; an IPv4 client matches networks written in IPv4 or as
+    IPv4-mapped IPv6 (``::ffff:10.0.0.0/104``), whichever form the socket reports it in; a
+    scoped address (``fe80::1%eth0``) is matched without its scope.
+    """
 
     def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
-        self.allow = [self._network(text, "allow") for text in allow]
-        self.deny = [self._network(text, "deny") for text in deny]
+        self.allow = self._networks(allow, "allow")
+        self.deny = self._networks(deny, "deny")
 
     @staticmethod
-    def _network(text: str, option: str) -> Network:
-        try:
-            return ipaddress.ip_network(text.strip(), strict=False)
-        except ValueError:
-            raise ValueError(f"--{option} {text!r}: not an IP address or CIDR network") from None
+    def _networks(items: Iterable[str], option: str) -> list[Network]:
+        if isinstance(items, str | bytes):
+            raise TypeError(f"--{option}: expected a list of networks, not the string "
+                            f"{items!r}")
+        networks: list[Network] = []
+        for text in items:
+            if not isinstance(text, str):
+                raise TypeError(f"--{option} {text!r}: expected a string")
+            if not text.strip():
+                raise ValueError(f"--{option} {text!r}: an empty item (an empty variable, or "
+                                 "a stray comma?) names no network")
+            try:
+                network = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"--{option} {text!r}: not an IP address or CIDR "
+                                 "network") from None
+            networks.extend(_normalise_network(network))
+        return networks
 
     def permits(self, host: str) -> bool:
+        """Whether the client at ``host`` (an IP address as ``accept`` reports it) may connect.
+        Raises ``ValueError`` for a host that is not an IP address."""
         address = ipaddress.ip_address(host.split("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
@@ -105,20 +161,25 @@ class ExecServer:
     """Accepts clients on ``(host, port)`` and runs ``command`` for each, on ``loop``.
 
     Without ``keep_open`` the first accepted client is the only one: the listener closes and
-    the server is :attr:`done` when that session ends. ``max_conns`` (0 = no limit) caps the
-    sessions running at once: a client beyond it, or one the filter refuses, is accepted and
-    closed at once (a clean FIN, no data). :meth:`close` stops accepting and kills every child.
+    the server is :attr:`done` when that session ends. ``max_conns`` (default
+    :data:`DEFAULT_MAX_CONNS`, as ``ntafd-exec``; 0 = no limit) caps the sessions running at
+    once: a client beyond it, or one the filter refuses, is accepted and closed at once (a
+    clean FIN, no data). :meth:`close` stops accepting and kills every child.
+
+    Anyone who can connect runs ``command``: a host that is not loopback raises
+    ``ValueError`` unless ``bind_public=True`` (``--bind-public``). On Windows the listener
+    has ``SO_EXCLUSIVEADDRUSE``, so no other process can bind the port and take its clients.
     """
 
     def __init__(self, loop: Loop, address: tuple[str, int], command: Sequence[str] | str, *,
                  shell: bool = False, config: ExecSessionConfig | None = None,
-                 keep_open: bool = False, max_conns: int = 0,
+                 keep_open: bool = False, max_conns: int = DEFAULT_MAX_CONNS,
                  address_filter: AddressFilter | None = None,
                  stderr_sink: Callable[[bytes], None] | None = None,
                  on_session_done: Callable[[SessionResult], None] | None = None,
-                 backlog: int = 128) -> None:
-        if max_conns < 0:
-            raise ValueError(f"max_conns must be >= 0 (0 = no limit), not {max_conns}")
+                 backlog: int = 128, bind_public: bool = False) -> None:
+        if isinstance(max_conns, bool) or not isinstance(max_conns, int) or max_conns < 0:
+            raise ValueError(f"max_conns must be an int >= 0 (0 = no limit), not {max_conns!r}")
         self.loop = loop
         self.command = command
         self.shell = shell
@@ -140,9 +201,18 @@ class ExecServer:
         family, kind, proto, _, sockaddr = infos[0]
         listener = socket.socket(family, kind, proto)
         try:
-            if hasattr(socket, "SO_REUSEADDR") and not hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
+            if hasattr(socket, "SO_EXCLUSIVEADDRUSE"):  # Windows: no one else may bind the port
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+            elif hasattr(socket, "SO_REUSEADDR"):  # POSIX: rebind past TIME_WAIT only
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind(sockaddr)
+            # Checked on the address bound, not on what a resolver says of the name; nothing
+            # is accepted before listen().
+            bound = str(listener.getsockname()[0])
+            if not bind_public and not _is_loopback_address(bound):
+                raise ValueError(f"{address[0]!r} is not a loopback address ({bound}): anyone "
+                                 "who can reach it could run the command; pass "
+                                 "bind_public=True if that is wanted")
             listener.listen(backlog)
             listener.setblocking(False)
         except BaseException:

@@ -280,7 +280,8 @@ def test_real_clients_to_the_windows_server_under_wine(client: str) -> None:
     host sockets). ``cmd.exe /c find o`` is the child (Wine's find passes matching lines)."""
     _need(client)
     if not WINE_PYTHON.exists() or not Path("/usr/lib/wine/wine64").exists():
-        pytest.skip("the Windows python under Wine is not installed (make test installs it)")
+        pytest.fail("the Windows python under Wine is not installed: run "
+                    "tools/install-wine-python.sh (make test does)")
     port = _free_port()
     env = dict(os.environ, WINEPREFIX=str(ROOT / ".cache" / "wineprefix"))
     server = subprocess.Popen([str(WINPY), "-m", "execsession", "-v", "-l", str(port), "-c",

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from execsession import ExecSession, ExecSessionConfig, StderrMode, open_loop
+from execsession.loop import BACKEND_ENV, BACKENDS
 from execsession.server import AddressFilter
 from tests.exec_support import (
-    BACKEND,
     NATIVE_CAT,
     ON_WINDOWS,
     PYTHON_CAT,
@@ -36,9 +36,25 @@ from tests.exec_support import (
 NEWLINE = b"\r\n" if ON_WINDOWS else b"\n"
 
 
-def test_backend_is_the_platforms() -> None:
+def test_the_default_backend_is_the_one_this_platform_can_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the code's rule restated: of the two backends exactly one opens here (IOCP needs
+    the NT calls, selectors needs POSIX pipes), and the default is that one; the suite below
+    then relays real sessions through it."""
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    opened = []
+    for backend in BACKENDS:
+        try:
+            loop = open_loop(backend)
+        except ValueError as refused:
+            assert "needs" in str(refused)  # says what the backend needs
+            continue
+        with loop:
+            assert loop.backend == backend
+        opened.append(backend)
+    assert len(opened) == 1, opened
     with open_loop() as loop:
-        assert loop.backend == BACKEND
+        assert loop.backend == opened[0]
 
 
 # -- relaying ----------------------------------------------------------------------------------

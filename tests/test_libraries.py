@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
+from types import ModuleType
 
 import pytest
 
 import afd
+import execsession
 import iocp
 import ntdll
 from ntdll import NotOnWindowsError
 from ntdll import functions as nt
 
+PACKAGES = [ntdll, iocp, afd, execsession]
+PLATFORM_MODULES = {"execsession.iocp_backend": ("win32", "needs Windows"),
+                    "execsession.posix_backend": ("posix", "needs POSIX")}
+"""Backends that refuse to import on the other platform, on purpose, with an ImportError
+saying what they need."""
 
-def test_packages_import_on_every_platform() -> None:
-    assert ntdll.NtStatusError is ntdll.status.NtStatusError
-    assert iocp.CompletionPort.__name__ == "CompletionPort"
-    assert int(afd.AfdPollEvents.ACCEPT) == 0x80
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda package: package.__name__)
+def test_every_module_imports_on_every_platform(package: ModuleType) -> None:
+    names = [info.name for info in pkgutil.walk_packages(package.__path__,
+                                                         package.__name__ + ".")]
+    assert names, f"{package.__name__} has no modules?"
+    here = "win32" if sys.platform == "win32" else "posix"
+    for name in names:
+        platform, need = PLATFORM_MODULES.get(name, (here, ""))
+        if platform != here:
+            with pytest.raises(ImportError, match=need):
+                importlib.import_module(name)
+        else:
+            importlib.import_module(name)
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda package: package.__name__)
+def test_every_exported_name_exists(package: ModuleType) -> None:
+    """``__all__`` is what ``from package import *`` and the documentation promise."""
+    exported = list(package.__all__)
+    assert exported and len(set(exported)) == len(exported)
+    missing = [name for name in exported if not hasattr(package, name)]
+    assert missing == []
 
 
 @pytest.mark.posix

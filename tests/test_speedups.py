@@ -8,6 +8,7 @@ poller checks whichever implementation the leg loaded.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import socket
 import subprocess
@@ -91,7 +92,11 @@ def test_a_stale_build_is_refused(lib: SimpleNamespace) -> None:
 
 def test_the_cdef_layouts_equal_the_ctypes_layouts_as_cffi_computes_them() -> None:
     """The builder's cdef, laid out by cffi itself (no C compiler): every platform with cffi."""
-    build = pytest.importorskip("speedups.build", reason="cffi is not installed")
+    try:
+        build = importlib.import_module("speedups.build")
+    except ImportError as error:  # never a silent skip: every leg installs cffi
+        pytest.fail(f"speedups.build needs cffi ({error}): tools/install-linux.sh installs it "
+                    "in the venv, tools/install-wine-python.sh for the Windows python")
     _check_layouts(build.ffi)
 
 
