@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from iocp import PACKET, CompletionPort, Handle, IssueResult, Operation
+from iocp import PACKET, CompletionPort, Handle, IssueResult, Operation, OperationBusyError
 from ntdll import functions as nt
 from ntdll.speedups import native as _native
 from ntdll.structures import OVERLAPPED
@@ -100,39 +100,62 @@ class AfdHelperHandle:
              timeout: int = NO_TIMEOUT, exclusive: bool = False) -> AfdPollOperation:
         """Issue one poll for ``(base_handle, events)`` entries; the completion arrives on
         the port when any of them fires (or on cancel / timeout / a socket closing)."""
-        if _native is not None:
-            items = list(entries)
-            if len(items) == 1:  # the poller's case: filled and issued in C
-                return self._poll_one_native(items[0], tag, timeout, exclusive)
-            entries = items
-        info = build_poll_info(entries, timeout, exclusive)
+        items = list(entries)
+        if len(items) == 1:  # the poller's case (filled and issued in C with the speedups)
+            operation = self.new_poll(tag)
+            base, events = items[0]
+            self.issue_one(operation, base, events, timeout, exclusive)
+            return operation
+        info = build_poll_info(items, timeout, exclusive)
         operation = AfdPollOperation(tag, info)
         self.port.device_io_control(self.handle, IOCTL_AFD_POLL, info, operation)
         return operation
 
-    def _poll_one_native(self, entry: tuple[int, int], tag: Any, timeout: int,
-                         exclusive: bool) -> AfdPollOperation:
-        assert _native is not None
-        native = _native
-        base, events = entry
+    @staticmethod
+    def new_poll(tag: Any = None) -> AfdPollOperation:
+        """An idle one-socket poll operation for :meth:`issue_one` (its own ``AFD_POLL_INFO``).
+
+        Made apart from issuing so that the caller holds it *before* the call: if an exception
+        interrupts :meth:`issue_one` after the kernel took the request, the caller still knows
+        which operation will complete (the port keeps it pending meanwhile)."""
+        return AfdPollOperation(tag, AFD_POLL_INFO())
+
+    def issue_one(self, operation: AfdPollOperation, base: int, events: int,
+                  timeout: int = NO_TIMEOUT, exclusive: bool = False) -> None:
+        """Fill ``operation``'s ``AFD_POLL_INFO`` (from :meth:`new_poll`) for one socket and
+        issue it. A failure of the call itself (``NtStatusError``: the handle is no socket, or
+        was closed) leaves ``operation`` idle; any other exception leaves it pending on the
+        port (see ``iocp.port``)."""
         if not base:
             raise ValueError("an AFD poll entry needs a non-NULL base socket handle")
         events = int(events)
         timeout = int(timeout)
         exclusive = bool(exclusive)
-        info = AFD_POLL_INFO()
-        operation = AfdPollOperation(tag, info)
+        info = operation._buffer
+        if not isinstance(info, AFD_POLL_INFO):
+            raise TypeError("issue_one needs an operation made by new_poll()")
         helper = self.handle
+        native = _native
+        if native is not None:
+            def issue(overlapped: OVERLAPPED) -> IssueResult:
+                try:
+                    native.afd_poll(helper, overlapped, info, base, events, timeout, exclusive)
+                except OSError as error:
+                    return error
+                return PACKET
 
-        def issue(overlapped: OVERLAPPED) -> IssueResult:
-            try:
-                native.afd_poll(helper, overlapped, info, base, events, timeout, exclusive)
-            except OSError as error:
-                return error
-            return PACKET
-
-        self.port.start(operation, helper, issue)
-        return operation
+            self.port.start(operation, helper, issue)
+            return
+        if operation.pending:  # checked before the buffer is rewritten under the kernel
+            raise OperationBusyError(f"{operation!r} is still pending")
+        info.Timeout = timeout
+        info.NumberOfHandles = 1
+        info.Exclusive = int(exclusive)
+        slot = info.Handles[0]
+        slot.Handle = base
+        slot.Events = events
+        slot.Status = 0
+        self.port.device_io_control(helper, IOCTL_AFD_POLL, info, operation)
 
     def cancel(self, operation: AfdPollOperation) -> bool:
         """Cancel a pending poll (it completes with ``STATUS_CANCELLED``); see

@@ -204,3 +204,48 @@ def test_poll_naming_an_invalid_socket_handle(
     poll = helper.poll([(valid, E.SEND)])
     [completion] = port.dequeue(timeout=10)
     assert completion.operation is poll and poll.results[0].events & E.SEND
+
+
+@pytest.mark.parametrize("bad", [float("inf"), -1.0, float("nan")])
+def test_poll_with_event_checks_the_timeout_before_issuing(
+        listener: socket.socket, monkeypatch: pytest.MonkeyPatch, bad: float) -> None:
+    """``timeout=inf`` used to raise OverflowError *after* the poll was issued, freeing its
+    buffers under the kernel: now every bad timeout is refused before any call."""
+    calls: list[object] = []
+    monkeypatch.setattr(nt, "NtDeviceIoControlFile", lambda *args: calls.append(args))
+    base = base_socket_handle(listener)
+    with pytest.raises((ValueError, OverflowError)):
+        poll_with_event(base, [(base, E.ACCEPT)], bad)
+    assert calls == []
+
+
+class Interrupted(BaseException):
+    """Stands for KeyboardInterrupt arriving right after the kernel call returned."""
+
+
+def test_poll_with_event_cancels_and_waits_on_an_exception_while_pending(
+        listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception after the poll was issued must not free its buffers under the kernel:
+    the poll is cancelled and its completion awaited before the exception goes on."""
+    from afd import event_poll
+
+    real = nt.NtDeviceIoControlFile
+    blocks: list[object] = []
+
+    def interrupted(*args: object) -> int:
+        real(*args)  # type: ignore[arg-type]
+        blocks.append(args[3])  # the status block the kernel writes on completion
+        raise Interrupted
+
+    monkeypatch.setattr(nt, "NtDeviceIoControlFile", interrupted)
+    base = base_socket_handle(listener)
+    orphans = len(event_poll._orphaned)
+    with pytest.raises(Interrupted):
+        poll_with_event(base, [(base, E.ACCEPT)], None)
+    [io_status] = blocks
+    # Final when poll_with_event let go of it: the kernel is done with the buffers.
+    assert io_status.Status & 0xFFFFFFFF == ntstatus.STATUS_CANCELLED  # type: ignore[attr-defined]
+    assert len(event_poll._orphaned) == orphans
+    monkeypatch.setattr(nt, "NtDeviceIoControlFile", real)
+    with socket.create_connection(listener.getsockname()):
+        assert poll_with_event(base, [(base, E.ACCEPT)], 10)

@@ -1,12 +1,14 @@
 """A hypothesis state machine drives AfdPoller (register / modify / unregister / send / drain /
-poll) against a model of what epoll would report, over real loopback sockets.
+poll, and close / peer shutdown / peer reset; interest 0 among the interests) against a model
+of what epoll would report, over real loopback sockets.
 
 Every report is checked against the socket itself (IN: ``recv(MSG_PEEK)`` finds data, or the
 socket was drained since its last report, which allows the one completion that may already have
 been queued; OUT: the model wanted it and the socket is writable) and against the model (the
 data is the current registration's, the events are wanted, a fired one-shot stays silent).
 ``check_ready_reported`` checks the other direction: every socket the model says is ready is
-reported within a few seconds.
+reported within a few seconds; ``registered_count_matches`` that every close was seen (a
+socket registered with no interest, or a one-shot that fired, included: the close watch).
 """
 
 from __future__ import annotations
@@ -42,14 +44,21 @@ class PollerModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.poller = AfdPoller()
-        self.pairs = [socket.socketpair() for _ in range(PAIRS)]
-        for watched, peer in self.pairs:
-            watched.setblocking(False)
-            peer.setblocking(False)
+        self.pairs = [self._new_pair() for _ in range(PAIRS)]
         self.registered: dict[int, ModelRegistration] = {}
         self.in_flight = [0] * PAIRS  # bytes sent to the watched socket and not yet drained
         self.drained_since_report = [False] * PAIRS
+        self.shut = [False] * PAIRS  # the peer shut down its sending side: EOF
+        self.reset = [False] * PAIRS  # the peer reset the connection
         self.version = 0
+        self.closing: tuple[int, int] | None = None  # data of a registration being closed
+
+    @staticmethod
+    def _new_pair() -> tuple[socket.socket, socket.socket]:
+        watched, peer = socket.socketpair()
+        watched.setblocking(False)
+        peer.setblocking(False)
+        return watched, peer
 
     @initialize()
     def nothing_reported_at_first(self) -> None:
@@ -102,6 +111,8 @@ class PollerModel(RuleBasedStateMachine):
     # -- traffic -------------------------------------------------------------------------
     @rule(index=st.integers(0, PAIRS - 1), size=st.integers(1, 4096))
     def send(self, index: int, size: int) -> None:
+        if self.shut[index] or self.reset[index]:
+            return
         peer = self.pairs[index][1]
         peer.sendall(b"m" * size)
         self.in_flight[index] += size
@@ -109,6 +120,8 @@ class PollerModel(RuleBasedStateMachine):
     @precondition(lambda self: any(self.in_flight))
     @rule(index=st.integers(0, PAIRS - 1))
     def drain(self, index: int) -> None:
+        if self.reset[index]:
+            return
         watched = self.pairs[index][0]
         deadline = time.monotonic() + READY_WAIT
         while self.in_flight[index] and time.monotonic() < deadline:
@@ -119,10 +132,53 @@ class PollerModel(RuleBasedStateMachine):
         assert self.in_flight[index] == 0, "sent bytes never arrived"
         self.drained_since_report[index] = True
 
+    # -- ends ------------------------------------------------------------------------------
+    @rule(index=st.integers(0, PAIRS - 1))
+    def peer_shutdown(self, index: int) -> None:
+        """The peer shuts down its sending side: the watched socket reads EOF from now on."""
+        if self.shut[index] or self.reset[index]:
+            return
+        self.pairs[index][1].shutdown(socket.SHUT_WR)
+        self.shut[index] = True
+
+    @rule(index=st.integers(0, PAIRS - 1))
+    def peer_reset(self, index: int) -> None:
+        """The peer closes with a zero linger: the watched socket is reset (ERR and HUP are
+        reported whatever the interest)."""
+        if self.reset[index]:
+            return
+        peer = self.pairs[index][1]
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00")
+        peer.close()
+        self.reset[index] = True
+        self.in_flight[index] = 0  # a reset may discard what was not read
+
+    @rule(index=st.integers(0, PAIRS - 1))
+    def close(self, index: int) -> None:
+        """The watched socket is closed while (maybe) registered, with any interest, a fired
+        one-shot included: the poller must see the close and drop it. Then the pair is
+        replaced (the new socket often gets the closed one's handle value)."""
+        watched, peer = self.pairs[index]
+        watched.close()
+        peer.close()
+        model = self.registered.pop(index, None)
+        self.closing = model.data if model is not None else None
+        deadline = time.monotonic() + READY_WAIT
+        while len(self.poller) != len(self.registered) and time.monotonic() < deadline:
+            self._poll_once(0.1)
+        assert len(self.poller) == len(self.registered), "a closed socket was never dropped"
+        self.closing = None
+        self.pairs[index] = self._new_pair()
+        self.in_flight[index] = 0
+        self.drained_since_report[index] = False
+        self.shut[index] = self.reset[index] = False
+
     # -- polling -------------------------------------------------------------------------
     def _check_report(self, data: object, events: PollEvents) -> int:
         assert isinstance(data, tuple)
         index: int = data[0]
+        if data == self.closing:
+            return index  # queued before the close, which the poller has not seen yet
         model = self.registered.get(index)
         assert model is not None, f"reported {events!r} for unregistered socket {index}"
         assert data == model.data, f"stale data {data} (current {model.data})"
@@ -133,13 +189,19 @@ class PollerModel(RuleBasedStateMachine):
         watched = self.pairs[index][0]
         if events & P.IN:
             try:
-                readable = len(watched.recv(1, socket.MSG_PEEK)) > 0
+                readable = len(watched.recv(1, socket.MSG_PEEK)) > 0 or self.shut[index]
             except BlockingIOError:
                 readable = False
+            except ConnectionError:
+                readable = True
+            readable = readable or self.reset[index]  # a reset socket reads an error
             assert readable or self.drained_since_report[index], \
                 f"socket {index} reported IN with nothing to read"
             self.drained_since_report[index] = False
-        assert not events & (P.ERR | P.HUP), f"socket {index}: {events!r} on a healthy pair"
+        if events & P.RDHUP:
+            assert self.shut[index] or self.reset[index], f"socket {index}: RDHUP, no end"
+        if events & (P.ERR | P.HUP):
+            assert self.reset[index], f"socket {index}: {events!r} on a healthy pair"
         if model.oneshot:
             model.armed = False
         return index
@@ -157,7 +219,10 @@ class PollerModel(RuleBasedStateMachine):
         for index, model in self.registered.items():
             if not model.armed:
                 continue
-            if model.interest & P.OUT or (model.interest & P.IN and self.in_flight[index]):
+            if self.reset[index]:
+                expected.add(index)  # ERR | HUP, whatever the interest
+            elif model.interest & P.OUT or (model.interest & P.IN and (
+                    self.in_flight[index] or self.shut[index])):
                 expected.add(index)
         return expected
 
