@@ -33,7 +33,7 @@ log = logging.getLogger("execsession")
 # traceback's frames, and with them sessions and loops, alive (log capture holds records).
 
 READ_CHUNK = 256 * 1024
-"""Largest single read or write."""
+"""Largest single read or write, unless the loop says less (``MAX_IO_SIZE``)."""
 
 EXIT_GRACE = 10.0
 """Seconds to wait for a killed child to be reaped before giving up on its exit code."""
@@ -163,6 +163,9 @@ class ExecSession:
         # can proceed while it is in flight.
         self._inflight_child = self._inflight_client = 0
         self._share = 2 if self.loop.WRITES_COMPLETE_LATER else 1
+        # A backend may cap single reads and writes below READ_CHUNK (POSIX: see
+        # posix_backend.MAX_IO_SIZE); buffers still grow, only each call stays small.
+        self._io_chunk = min(READ_CHUNK, getattr(self.loop, "MAX_IO_SIZE", READ_CHUNK))
         self._client_eof = self._out_eof = self._err_eof = False
         self._stdin_closed = self._stdin_broken = self._shut_wr = False
         self._returncode: int | None = None
@@ -264,7 +267,7 @@ class ExecSession:
             else:
                 used = len(self._to_child) + self._reserved_child
                 if self._in_flow.may_read(used - self._inflight_child, total - inflight, config):
-                    size = min(READ_CHUNK, self._in_flow.capacity - used,
+                    size = min(self._io_chunk, self._in_flow.capacity - used,
                                config.max_buffered - total)
                     if size > 0:
                         self._reading_client = True
@@ -286,7 +289,7 @@ class ExecSession:
             used = len(self._to_client) + self._reserved_client
             inflight = self._inflight_child + self._inflight_client
             if self._out_flow.may_read(used - self._inflight_client, total - inflight, config):
-                size = min(READ_CHUNK, self._out_flow.capacity - used,
+                size = min(self._io_chunk, self._out_flow.capacity - used,
                            config.max_buffered - total)
                 if size > 0:
                     self._reading_out = True
@@ -322,7 +325,7 @@ class ExecSession:
     def _write_chunk(self, flow: _Flow) -> int:
         """A write takes at most half the buffer when writes complete later (overlapped I/O),
         so that the next read can proceed while it is in flight."""
-        return max(1, min(READ_CHUNK, flow.capacity // self._share))
+        return max(1, min(self._io_chunk, flow.capacity // self._share))
 
     # -- completions --------------------------------------------------------------------------
     def _activity(self) -> None:
