@@ -1,14 +1,19 @@
 """Exec relay benchmark: ntafd-exec against other socket-to-process relays, side by side.
 
-    .cache/venv/bin/python bench/exec_relay.py            # Linux: vs socat and ncat
-    tools/winpy bench/exec_relay.py                       # Wine: vs an asyncio Proactor relay
+    .cache/venv/bin/python bench/exec_relay.py            # Linux: vs socat, ncat, threads
+    tools/winpy bench/exec_relay.py                       # Wine: vs threads, asyncio Proactor
+    .cache/venv/bin/python bench/exec_relay.py --wine-requests   # wineserver requests
+
+The threaded relay is the design ntafd-exec replaces: three blocking threads per connection
+(socket -> stdin, stdout -> socket, stderr -> socket). ``--wine-requests`` (run on Linux)
+counts each Wine server's wineserver requests per MiB and per round trip: bench/wine_requests.py.
 
 For each server (a separate process on 127.0.0.1, serving every client with a fresh child):
 
 * throughput: ``--size`` MiB sent through ``cat`` and read back on one connection, MiB/s;
 * latency: 64-byte round trips on one connection (median and p99, microseconds);
-* CPU seconds per GiB relayed (the server's process tree, children included, so ``cat``'s own
-  share is in every figure) — on Linux only;
+* CPU seconds per GiB relayed (Linux: the server's process tree, children included, so
+  ``cat``'s own share is in every figure; Windows: the server process alone);
 * concurrency: ``--sessions`` clients connected at once, each echoing one line; errors counted.
 
 Ratios are ntafd-exec's figure over each other server's (throughput: higher is better for

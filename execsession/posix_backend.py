@@ -58,15 +58,16 @@ class SelectorLoop(Loop):
     """:class:`Loop` on epoll where there is one (Linux), else ``selectors.DefaultSelector``.
 
     epoll is used directly: the selectors module's wrapper (a key object per fd, a lookup and
-    a tuple per event) was a sizeable part of a 64-byte round trip's Python time (ACTIVE_KB,
-    "Linux: spawning and the round trip")."""
+    a tuple per event) was a sizeable part of a 64-byte round trip's Python time (ACTIVE_KB
+    B9)."""
 
     backend = "selectors"
     MAX_IO_SIZE = 64 * 1024
     """Largest single read or write the session issues here. A Linux pipe holds 64 KiB, and
     larger reads measured slower: a 256 KiB ``bytes`` is above glibc's mmap threshold, so
     each read maps and page-faults fresh memory (128 MiB through ``cat``: 109-133 MiB/s
-    with 1 MiB buffers read 256 KiB at a time, 154-206 with 64 KiB; ACTIVE_KB B2)."""
+    with grown buffers read 256 KiB at a time, 232-334 read 64 KiB at a time, 244-326
+    before buffers grew; ACTIVE_KB B2)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -74,8 +74,8 @@ class _Flow:
     (the source had more: larger reads mean fewer calls), up to ``limit``; it halves, down to
     the configured size, after a read that completed with the buffer empty (all sent before)
     and brought less than a quarter of it (the stream went quiet: small reads need no big
-    buffers). Only the size
-    moves; every read is still sized to the room left under it and under ``max_buffered``."""
+    buffers). Only the size moves; every read is still sized to the room left under it and
+    under ``max_buffered``."""
 
     __slots__ = ("capacity", "grows", "initial", "largest", "limit", "paused", "pauses",
                  "shrinks")
