@@ -1,14 +1,19 @@
 """Exec relay benchmark: ntafd-exec against other socket-to-process relays, side by side.
 
-    .cache/venv/bin/python bench/exec_relay.py            # Linux: vs socat and ncat
-    tools/winpy bench/exec_relay.py                       # Wine: vs an asyncio Proactor relay
+    .cache/venv/bin/python bench/exec_relay.py            # Linux: vs socat, ncat, threads
+    tools/winpy bench/exec_relay.py                       # Wine: vs threads, asyncio Proactor
+    .cache/venv/bin/python bench/exec_relay.py --wine-requests   # wineserver requests
+
+The threaded relay is the design ntafd-exec replaces: three blocking threads per connection
+(socket -> stdin, stdout -> socket, stderr -> socket). ``--wine-requests`` (run on Linux)
+counts each Wine server's wineserver requests per MiB and per round trip: bench/wine_requests.py.
 
 For each server (a separate process on 127.0.0.1, serving every client with a fresh child):
 
 * throughput: ``--size`` MiB sent through ``cat`` and read back on one connection, MiB/s;
 * latency: 64-byte round trips on one connection (median and p99, microseconds);
-* CPU seconds per GiB relayed (the server's process tree, children included, so ``cat``'s own
-  share is in every figure) — on Linux only;
+* CPU seconds per GiB relayed (Linux: the server's process tree, children included, so
+  ``cat``'s own share is in every figure; Windows: the server process alone);
 * concurrency: ``--sessions`` clients connected at once, each echoing one line; errors counted.
 
 Ratios are ntafd-exec's figure over each other server's (throughput: higher is better for
@@ -31,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 ON_WINDOWS = sys.platform == "win32"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -320,7 +326,8 @@ def measure(name: str, command: Callable[[int], list[str]], args: argparse.Names
 
 
 # -- an asyncio Proactor relay (the Wine comparison) ---------------------------------------------
-async def _asyncio_relay(port: int, command: list[str]) -> None:
+async def _asyncio_relay(port: int, command: list[str],
+                         on_session_done: Callable[[], None] | None = None) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         process = await asyncio.create_subprocess_exec(
             *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -350,10 +357,93 @@ async def _asyncio_relay(port: int, command: list[str]) -> None:
         finally:
             await process.wait()
             writer.close()
+            if on_session_done is not None:
+                on_session_done()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
     async with server:
         await server.serve_forever()
+
+
+async def _asyncio_relay_once(port: int, command: list[str]) -> None:
+    """The asyncio relay serving one client, then exiting (for counting wineserver requests)."""
+    finished = asyncio.Event()
+    server = asyncio.get_running_loop().create_task(
+        _asyncio_relay(port, command, on_session_done=finished.set))
+    await finished.wait()
+    server.cancel()
+    try:
+        await server
+    except asyncio.CancelledError:
+        pass
+
+
+# -- the threaded relay (the design the IOCP backend replaces) -----------------------------------
+THREAD_CHUNK = 65536
+
+
+def _threaded_session(conn: socket.socket, command: list[str]) -> None:
+    """One connection, three blocking threads: socket -> stdin, stdout -> socket (this one),
+    stderr -> socket, like the threaded Windows exec backend the plan replaced."""
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, bufsize=0)
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stderr is not None
+    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    send_lock = threading.Lock()
+    lost = threading.Event()
+
+    def to_child() -> None:
+        try:
+            while data := conn.recv(THREAD_CHUNK):
+                view = memoryview(data)
+                while view:
+                    view = view[stdin.write(view) or 0:]
+        except OSError:
+            pass
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def to_client(source: IO[bytes]) -> None:
+        try:
+            while data := source.read(THREAD_CHUNK):
+                with send_lock:
+                    conn.sendall(data)
+        except OSError:
+            lost.set()
+            process.kill()
+
+    threads = [threading.Thread(target=to_child, daemon=True),
+               threading.Thread(target=to_client, args=(stderr,), daemon=True)]
+    for thread in threads:
+        thread.start()
+    to_client(stdout)
+    threads[1].join()
+    if not lost.is_set():
+        try:
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+    process.wait()
+    threads[0].join(5.0)  # ends with the client's EOF or reset
+    conn.close()
+    stdout.close()
+    stderr.close()
+
+
+def _threaded_relay(port: int, command: list[str], once: bool) -> None:
+    with socket.create_server(("127.0.0.1", port), backlog=512) as listener:
+        while True:
+            conn, _ = listener.accept()
+            session = threading.Thread(target=_threaded_session, args=(conn, command),
+                                       daemon=True)
+            session.start()
+            if once:
+                session.join()
+                return
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -399,12 +489,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--round-trips", type=int, default=500 if ON_WINDOWS else 2000)
     parser.add_argument("--sessions", type=int, default=200 if ON_WINDOWS else 1000)
     parser.add_argument("--json", help="also write the figures for bench/report.py here")
+    parser.add_argument("--wine-requests", action="store_true",
+                        help="(Linux) count the wineserver requests of each Wine server per "
+                             "MiB and per round trip, instead of timing")
     parser.add_argument("--asyncio-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--threaded-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--requests-client", nargs=3, metavar=("KIND", "COUNT", "PORT"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.asyncio_server:
-        asyncio.run(_asyncio_relay(args.asyncio_server, args.command))
+        asyncio.run(_asyncio_relay_once(args.asyncio_server, args.command) if args.once
+                    else _asyncio_relay(args.asyncio_server, args.command))
         return 0
+    if args.threaded_server:
+        _threaded_relay(args.threaded_server, args.command, args.once)
+        return 0
+    if args.requests_client:
+        from bench.wine_requests import client_run
+
+        kind, count, port = args.requests_client
+        return client_run(kind, int(count), int(port), args.command)
+    if args.wine_requests:
+        from bench.wine_requests import count_all
+
+        return count_all(args.json)
 
     python = sys.executable
     ours = [python, "-m", "execsession", "-k", "-m", "0", "-l"]
@@ -423,6 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("ntafd-exec WSARecv 256k",
              lambda port: [overlapped, *ours, str(port), *big, "-e", *cat],
              lambda port: [overlapped, *ours, str(port), *big, "-e", *light]),
+            ("threaded relay",
+             lambda port: [python, __file__, "--threaded-server", str(port), "--", *cat],
+             lambda port: [python, __file__, "--threaded-server", str(port), "--", *light]),
             ("asyncio Proactor relay",
              lambda port: [python, __file__, "--asyncio-server", str(port), "--", *cat],
              lambda port: [python, __file__, "--asyncio-server", str(port), "--", *light]),
@@ -442,6 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("ncat -l -k -e /bin/cat",
              lambda port: ["ncat", "-l", "-k", "-m", "10000", "-e", "/bin/cat",
                            "127.0.0.1", str(port)], None),
+            ("threaded relay",
+             lambda port: [python, __file__, "--threaded-server", str(port), "--", "cat"],
+             None),
         ]
     for name, command, light_command in runs:
         print(f"measuring {name} ...", flush=True)

@@ -44,11 +44,19 @@ def _is_ours(subject: str) -> bool:
     return any(subject == mine or subject.startswith(mine + " ") for mine in OURS)
 
 
+def _ratio(ours: dict[str, Any], peer: dict[str, Any]) -> float:
+    """How many times better ours is than the peer (> 1: ours is better)."""
+    if ours["better"] == "higher":
+        return float(ours["median"] / peer["median"])
+    return float(peer["median"] / ours["median"])
+
+
 def table(runs: list[dict[str, Any]]) -> str:
-    """A Markdown table: one row per figure, with its spread and its ratio to the best peer
-    of the same case (for our subjects: > 1 means ours is better)."""
-    lines = ["| benchmark | case | subject | median | spread (runs) | vs best peer |",
-             "|---|---|---|---:|---|---:|"]
+    """A Markdown table: one row per figure, with its spread, its ratio to the best peer of
+    the same case and to each other peer (for our subjects: > 1 means ours is better)."""
+    lines = ["| benchmark | case | subject | median | spread (runs) | vs best peer "
+             "| vs other peers |",
+             "|---|---|---|---:|---|---:|---|"]
     for run in runs:
         figures = run["figures"]
         cases: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -68,16 +76,14 @@ def table(runs: list[dict[str, Any]]) -> str:
                     median = f"{_number(figure['median'])} {figure['unit']}"
                 else:
                     spread, median = figure["note"], "n/a"
-                ratio = ""
+                ratio = others = ""
                 if (best is not None and _is_ours(figure["subject"]) and figure["values"]
                         and not figure.get("reference")):
-                    if figure["better"] == "higher":
-                        value = figure["median"] / best["median"]
-                    else:
-                        value = best["median"] / figure["median"]
-                    ratio = f"**{value:.2f}x** {best['subject']}"
+                    ratio = f"**{_ratio(figure, best):.2f}x** {best['subject']}"
+                    others = "; ".join(f"{_ratio(figure, peer):.2f}x {peer['subject']}"
+                                       for peer in peers if peer is not best)
                 lines.append(f"| {benchmark} | {case} | {figure['subject']} | {median} | "
-                             f"{spread} | {ratio} |")
+                             f"{spread} | {ratio} | {others} |")
     return "\n".join(lines)
 
 

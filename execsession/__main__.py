@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the process's stderr: to the client with stdout (merge, the "
                              "default), to this server's stderr (separate), or dropped")
     parser.add_argument("--buffer", type=_size, default=None, metavar="BYTES",
-                        help="stdout buffer size (default 64k; stdin and stderr get half)")
+                        help="stdout buffer's starting size (default 64k; stdin and stderr "
+                             "get half)")
+    parser.add_argument("--max-buffer", type=_size, default=None, metavar="BYTES",
+                        help="the stdin and stdout buffers double while reads fill them, up "
+                             "to this (default 1m); a session holds at most both at this size")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="I/O backend (default: iocp on Windows, selectors elsewhere)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -112,8 +116,9 @@ def _config(args: argparse.Namespace) -> ExecSessionConfig:
     sizes = {}
     if args.buffer is not None:
         half = max(1, args.buffer // 2)
-        sizes = {"stdout_buffer": args.buffer, "stdin_buffer": half, "stderr_buffer": half,
-                 "max_buffered": args.buffer + half}
+        sizes = {"stdout_buffer": args.buffer, "stdin_buffer": half, "stderr_buffer": half}
+    if args.max_buffer is not None:
+        sizes["max_buffer"] = args.max_buffer
     if args.drain_timeout is not None:
         sizes["drain_timeout"] = args.drain_timeout
     return ExecSessionConfig(exec_timeout=args.exec_timeout, idle_timeout=args.idle_timeout,

@@ -40,8 +40,15 @@ class ExecSessionConfig:
     stdin; ``stdout_buffer`` child stdout → client (in ``merge`` mode stderr shares the stdout
     pipe and this buffer); ``stderr_buffer`` is the stderr pipe's size and the largest chunk
     handed to the stderr sink in ``separate`` mode. Pipe sizes follow the buffers.
+    Buffers that grow: the stdin and stdout buffers start at their configured sizes and double
+    after reads that fill them (a busy stream: fewer, larger calls), up to ``max_buffer``
+    (default 1 MiB; a buffer configured larger stays as configured) and only while the other
+    buffer, at its configured size, still fits beside it under ``max_buffered``; they halve
+    back to their configured size once reads find them empty and bring little (an idle
+    stream).
     ``max_buffered`` caps the sum of the stdin and stdout buffers: no read is issued that could
-    exceed it, so a session never holds more. It must exceed each single buffer, so that one
+    exceed it, so a session never holds more. 0 (the default) means both buffers at their
+    largest: 2 MiB with the defaults. It must exceed each configured buffer, so that one
     direction stuck full can never starve the other.
 
     Flow control with hysteresis: a source (the socket, the child's stdout) stops being read
@@ -50,8 +57,8 @@ class ExecSessionConfig:
     bytes are at or below ``resume_threshold`` x its size and the total at or below
     ``resume_threshold`` x ``max_buffered`` (or its own buffer is empty). Waiting bytes
     exclude those of a write in progress (at most half a buffer), so reading overlaps writing.
-    With the defaults a slow reader pauses stdout at 48 KiB waiting and resumes it at 16 KiB;
-    a busy duplex session pauses at 72 KiB in all. Pauses are counted in the result.
+    The sizes are the current ones (grown or not): with a slow reader stdout pauses at 75 % of
+    its size waiting and resumes at 25 %. Pauses are counted in the result.
 
     Timeouts in seconds, 0 = off: ``exec_timeout`` from the start, ``connect_timeout`` until the
     first byte relayed in either direction, ``idle_timeout`` since the last one. When one
@@ -69,7 +76,8 @@ class ExecSessionConfig:
     stdin_buffer: int = 32 * KIB
     stdout_buffer: int = 64 * KIB
     stderr_buffer: int = 32 * KIB
-    max_buffered: int = 96 * KIB
+    max_buffer: int = 1024 * KIB
+    max_buffered: int = 0
     pause_threshold: float = 0.75
     resume_threshold: float = 0.25
     exec_timeout: float = 0.0
@@ -88,12 +96,19 @@ class ExecSessionConfig:
                 raise ConfigError("stderr", f"{self.stderr!r} is not one of {choices}") from None
         if not isinstance(self.stderr, StderrMode):
             raise ConfigError("stderr", f"expected a StderrMode, not {self.stderr!r}")
-        for name in ("stdin_buffer", "stdout_buffer", "stderr_buffer", "max_buffered"):
+        for name in ("stdin_buffer", "stdout_buffer", "stderr_buffer", "max_buffer",
+                     "max_buffered"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(name, f"expected an int number of bytes, not {value!r}")
+            if name == "max_buffered" and value == 0:
+                continue  # automatic, below
             if not 1 <= value <= 1 << 30:
                 raise ConfigError(name, f"must be between 1 byte and 1 GiB, not {value}")
+        if self.max_buffered == 0:
+            object.__setattr__(self, "max_buffered",
+                               max(self.stdin_buffer, self.max_buffer)
+                               + max(self.stdout_buffer, self.max_buffer))
         largest = max(self.stdin_buffer, self.stdout_buffer)
         if self.max_buffered <= largest:
             raise ConfigError("max_buffered", f"{self.max_buffered} must exceed the largest "

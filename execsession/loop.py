@@ -224,6 +224,13 @@ class Loop(ABC):
             except Exception as error:
                 self._callback_failed(callback, error)
 
+    def _run_isolated(self, callback: Callable[[], object]) -> None:
+        """Run ``callback``; an exception ends only what it belongs to (see below)."""
+        try:
+            callback()
+        except Exception as error:
+            self._callback_failed(callback, error)
+
     def _callback_failed(self, callback: Callable[..., object], error: Exception,
                          owner: object = None) -> None:
         """``callback`` raised ``error``: log it and tell its owner (``owner``, else the object

@@ -39,7 +39,7 @@ log = logging.getLogger("execsession")
 # traceback's frames, and with them sessions and loops, alive (log capture holds records).
 
 READ_CHUNK = 256 * 1024
-"""Largest single read or write."""
+"""Largest single read or write, unless the loop says less (``MAX_IO_SIZE``)."""
 
 EXIT_GRACE = 10.0
 """Seconds to wait for a killed child to be reaped before giving up on its exit code."""
@@ -55,7 +55,9 @@ class SessionResult:
     callbacks raised: ``error`` says what). ``returncode``: the child's exit code (negative
     signal number on POSIX), ``None`` if it never ran. ``pauses``: how often flow control
     stopped reading a source; ``peak_buffered``: the most bytes held at once (never above
-    ``max_buffered``: a read is only issued for the room left).
+    ``max_buffered``: a read is only issued for the room left). ``largest_buffer``: the
+    largest size the stdin or stdout buffer grew to (at most ``max_buffer``);
+    ``buffer_grows``, ``buffer_shrinks``: how often a buffer doubled or halved.
     """
 
     reason: str
@@ -67,17 +69,42 @@ class SessionResult:
     peak_buffered: int
     duration: float
     error: str | None = None
+    largest_buffer: int = 0
+    buffer_grows: int = 0
+    buffer_shrinks: int = 0
 
 
 class _Flow:
-    """Pause/resume with hysteresis for one source feeding one buffer."""
+    """Pause/resume with hysteresis for one source feeding one buffer, and the buffer's size.
 
-    __slots__ = ("capacity", "paused", "pauses")
+    The size starts at the configured one and doubles after a read that got all it asked for
+    (the source had more: larger reads mean fewer calls), up to ``limit``; it halves, down to
+    the configured size, after a read that completed with the buffer empty (all sent before)
+    and brought less than a quarter of it (the stream went quiet: small reads need no big
+    buffers). Only the size moves; every read is still sized to the room left under it and
+    under ``max_buffered``."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    __slots__ = ("capacity", "grows", "initial", "largest", "limit", "paused", "pauses",
+                 "shrinks")
+
+    def __init__(self, capacity: int, limit: int) -> None:
+        self.capacity = self.initial = self.largest = capacity
+        self.limit = max(capacity, limit)
         self.paused = False
         self.pauses = 0
+        self.grows = self.shrinks = 0
+
+    def resize(self, asked: int, got: int, held: int) -> None:
+        """Grow or shrink after a read of ``asked`` bytes brought ``got`` into a buffer
+        holding ``held``."""
+        if got == asked and self.capacity < self.limit:
+            self.capacity = min(self.limit, self.capacity * 2)
+            self.largest = max(self.largest, self.capacity)
+            self.grows += 1
+        elif (not held and got < self.capacity // 4
+              and self.capacity > self.initial):
+            self.capacity = max(self.initial, self.capacity // 2)
+            self.shrinks += 1
 
     def may_read(self, used: int, total: int, config: ExecSessionConfig) -> bool:
         if self.paused:
@@ -128,8 +155,13 @@ class ExecSession:
         self._to_client = bytearray()
         self._reserved_child = 0  # bytes a pending socket read may still add to _to_child
         self._reserved_client = 0
-        self._in_flow = _Flow(self.config.stdin_buffer)
-        self._out_flow = _Flow(self.config.stdout_buffer)
+        # A buffer grows only while the other, at its configured size, still fits beside it
+        # under max_buffered: one direction stuck full never takes the other's last room.
+        config = self.config
+        self._in_flow = _Flow(config.stdin_buffer, min(
+            config.max_buffer, config.max_buffered - config.stdout_buffer))
+        self._out_flow = _Flow(config.stdout_buffer, min(
+            config.max_buffer, config.max_buffered - config.stdin_buffer))
         self._reading_client = self._reading_out = self._reading_err = False
         self._writing_child = self._writing_client = False
         # Bytes handed to a write that has not completed: still held (they count against the
@@ -137,9 +169,10 @@ class ExecSession:
         # at most half a buffer when writes complete later (overlapped I/O), so the next read
         # can proceed while it is in flight.
         self._inflight_child = self._inflight_client = 0
-        share = 2 if self.loop.WRITES_COMPLETE_LATER else 1
-        self._child_chunk = max(1, min(READ_CHUNK, self.config.stdin_buffer // share))
-        self._client_chunk = max(1, min(READ_CHUNK, self.config.stdout_buffer // share))
+        self._share = 2 if self.loop.WRITES_COMPLETE_LATER else 1
+        # A backend may cap single reads and writes below READ_CHUNK (POSIX: see
+        # posix_backend.MAX_IO_SIZE); buffers still grow, only each call stays small.
+        self._io_chunk = min(READ_CHUNK, getattr(self.loop, "MAX_IO_SIZE", READ_CHUNK))
         self._client_eof = self._out_eof = self._err_eof = False
         self._stdin_closed = self._stdin_broken = self._shut_wr = False
         self._returncode: int | None = None
@@ -275,7 +308,8 @@ class ExecSession:
             else:
                 used = len(self._to_child) + self._reserved_child
                 if self._in_flow.may_read(used - self._inflight_child, total - inflight, config):
-                    size = min(READ_CHUNK, config.stdin_buffer - used, config.max_buffered - total)
+                    size = min(self._io_chunk, self._in_flow.capacity - used,
+                               config.max_buffered - total)
                     if size > 0:
                         self._reading_client = True
                         self._reserved_child = size
@@ -283,7 +317,7 @@ class ExecSession:
                         client.read(size, self._on_client_data)
         if self._to_child and not self._writing_child and not self._stdin_closed:
             self._writing_child = True
-            chunk = bytes(self._to_child[:self._child_chunk])
+            chunk = bytes(self._to_child[:self._write_chunk(self._in_flow)])
             self._inflight_child = len(chunk)
             child.stdin.write(chunk, self._on_stdin_written)
         elif (self._client_eof and not self._to_child and not self._writing_child
@@ -296,7 +330,8 @@ class ExecSession:
             used = len(self._to_client) + self._reserved_client
             inflight = self._inflight_child + self._inflight_client
             if self._out_flow.may_read(used - self._inflight_client, total - inflight, config):
-                size = min(READ_CHUNK, config.stdout_buffer - used, config.max_buffered - total)
+                size = min(self._io_chunk, self._out_flow.capacity - used,
+                           config.max_buffered - total)
                 if size > 0:
                     self._reading_out = True
                     self._reserved_client = size
@@ -306,7 +341,7 @@ class ExecSession:
             child.stderr.read(config.stderr_buffer, self._on_stderr_data)
         if self._to_client and not self._writing_client and not self._shut_wr:
             self._writing_client = True
-            chunk = bytes(self._to_client[:self._client_chunk])
+            chunk = bytes(self._to_client[:self._write_chunk(self._out_flow)])
             self._inflight_client = len(chunk)
             client.write(chunk, self._on_client_written)
         elif (self._out_eof and self._err_eof and not self._to_client
@@ -328,6 +363,11 @@ class ExecSession:
                 self._schedule_timeouts()
                 self.loop.call_soon(self._pump)
 
+    def _write_chunk(self, flow: _Flow) -> int:
+        """A write takes at most half the buffer when writes complete later (overlapped I/O),
+        so that the next read can proceed while it is in flight."""
+        return max(1, min(self._io_chunk, flow.capacity // self._share))
+
     # -- completions --------------------------------------------------------------------------
     def _activity(self) -> None:
         self._last_activity = self.loop.time()
@@ -335,7 +375,7 @@ class ExecSession:
 
     def _on_client_data(self, data: bytes, error: BaseException | None) -> None:
         self._reading_client = False
-        self._reserved_child = 0
+        asked, self._reserved_child = self._reserved_child, 0
         if self._aborting is not None or self._finished:
             return
         if error is not None:
@@ -349,6 +389,7 @@ class ExecSession:
             if self._stdin_broken or self._stdin_closed:
                 pass  # the child stopped reading: the bytes have nowhere to go
             else:
+                self._in_flow.resize(asked, len(data), len(self._to_child))
                 self._to_child += data
         self._pump()
 
@@ -389,7 +430,7 @@ class ExecSession:
 
     def _on_stdout_data(self, data: bytes, error: BaseException | None) -> None:
         self._reading_out = False
-        self._reserved_client = 0
+        asked, self._reserved_client = self._reserved_client, 0
         if self._aborting is not None or self._finished:
             return
         if error is not None or not data:
@@ -399,6 +440,7 @@ class ExecSession:
             assert self._child is not None
             self._child.expect_exit()
         else:
+            self._out_flow.resize(asked, len(data), len(self._to_client))
             self._to_client += data
             self._activity()
         self._pump()
@@ -555,6 +597,9 @@ class ExecSession:
             peak_buffered=self._peak,
             duration=self.loop.time() - self._started_at,
             error=self._error,
+            largest_buffer=max(self._in_flow.largest, self._out_flow.largest),
+            buffer_grows=self._in_flow.grows + self._out_flow.grows,
+            buffer_shrinks=self._in_flow.shrinks + self._out_flow.shrinks,
         )
         log.info("session pid %s ended: %s, exit code %s, %d bytes in, %d out",
                  self.pid, self.result.reason, self._returncode, self._bytes_in,

@@ -52,6 +52,8 @@ def test_defaults_engage_flow_control() -> None:
     ("stderr_buffer", 1.5),
     ("stdout_buffer", True),
     ("max_buffered", 64 * 1024),
+    ("max_buffer", 0),
+    ("max_buffer", 1.5),
     ("pause_threshold", 0),
     ("pause_threshold", 1.5),
     ("resume_threshold", 0.9),
@@ -129,7 +131,8 @@ def test_help_reads_like_ncats(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for option in ("-l", "--listen", "-e", "-c", "-k", "--keep-open", "-m", "--max-conns",
                    "--allow", "--deny", "--exec-timeout", "--idle-timeout",
-                   "--connect-timeout", "--stderr", "-v", "--bind-public"):
+                   "--connect-timeout", "--stderr", "-v", "--bind-public", "--buffer",
+                   "--max-buffer"):
         assert option in text
 
 
@@ -144,6 +147,8 @@ def test_help_reads_like_ncats(capsys: pytest.CaptureFixture[str]) -> None:
     (["-l", "8000", "--buffer", "0", "-e", "cat"], "stdout_buffer"),
     (["-l", "8000", "--drain-timeout", "x", "-e", "cat"], "number of seconds"),
     (["-l", "8000", "--backend", "bogus", "-e", "cat"], "invalid choice"),
+    (["-l", "8000", "--max-buffer", "0", "-e", "cat"], "max_buffer"),
+    (["-l", "8000", "--max-buffer", "2g", "-e", "cat"], "not a size"),
 ])
 def test_bad_command_lines_are_refused_clearly(argv: list[str], message: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,6 +156,19 @@ def test_bad_command_lines_are_refused_clearly(argv: list[str], message: str,
         main(argv)
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_buffer_options_set_the_starting_sizes_and_the_growth_bound() -> None:
+    from execsession.__main__ import _config
+
+    config = _config(build_parser().parse_args(
+        ["-l", "1", "--buffer", "16k", "--max-buffer", "256k", "-e", "cat"]))
+    assert (config.stdout_buffer, config.stdin_buffer, config.stderr_buffer) == (
+        16384, 8192, 8192)
+    assert config.max_buffer == 256 * 1024
+    assert config.max_buffered == 2 * 256 * 1024  # both buffers at their largest
+    default = _config(build_parser().parse_args(["-l", "1", "-e", "cat"]))
+    assert (default.max_buffer, default.max_buffered) == (1 << 20, 2 << 20)
 
 
 def test_exec_takes_the_rest_of_the_line_as_argv() -> None:

@@ -9,6 +9,7 @@ import hashlib
 import selectors
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -348,6 +349,64 @@ def test_flow_control_on_the_stdin_side() -> None:
     assert received.strip() == hashlib.sha256(data).hexdigest().encode()
     assert result.pauses >= 1
     assert result.peak_buffered <= config.max_buffered
+
+
+# -- buffers that grow ----------------------------------------------------------------------------
+def test_buffers_grow_and_a_slow_reader_keeps_memory_within_the_bound() -> None:
+    # Small starting buffers and a child writing as fast as it can: the stdout buffer doubles
+    # after reads that fill it, never past max_buffer; a client that reads late and slowly
+    # pauses it; what the session holds never exceeds max_buffered; no byte is lost.
+    count = (1 if ON_WINDOWS else 8) * 1024 * 1024 // 4
+    code = ("import sys\n"
+            f"sys.stdout.buffer.write(b''.join(i.to_bytes(4, 'little') for i in range({count})))\n")
+    expected = b"".join(i.to_bytes(4, "little") for i in range(count))
+    config = ExecSessionConfig(stdin_buffer=2048, stdout_buffer=4096, max_buffer=65536)
+    assert config.max_buffered == 2 * 65536  # automatic: both buffers at their largest
+    with ServerThread(python_child(code), config=config) as server:
+        with connect(server.address, rcvbuf=16384) as sock:
+            sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)  # let every buffer between the child and us fill up
+            received = recv_all(sock)
+        [result] = server.wait_results(1)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(expected).digest()
+    assert result.buffer_grows >= 1
+    assert 4096 < result.largest_buffer <= config.max_buffer
+    # Held bytes grew past the starting size (the growth was used) and stayed bounded.
+    assert 4096 < result.peak_buffered <= config.max_buffered
+
+
+def test_buffers_shrink_back_when_the_stream_goes_quiet() -> None:
+    # A bulk transfer grows the buffers; the small round trips after it find them empty and
+    # halve them back towards their starting size. Every byte of both phases comes back.
+    bulk = pattern(512 * 1024 if ON_WINDOWS else 4 * 1024 * 1024)
+    config = ExecSessionConfig(stdin_buffer=4096, stdout_buffer=4096, max_buffer=256 * 1024)
+    with ServerThread(PYTHON_CAT, config=config) as server:
+        with connect(server.address) as sock:
+            sender = threading.Thread(target=sock.sendall, args=(bulk,), daemon=True)
+            sender.start()
+            got = recv_exactly(sock, len(bulk))
+            sender.join(WAIT)
+            assert got == bulk
+            for index in range(12):
+                line = b"line %d\n" % index
+                sock.sendall(line)
+                assert recv_exactly(sock, len(line)) == line
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == b""
+        [result] = server.wait_results(1)
+    assert result.reason == "exited"
+    assert result.buffer_grows >= 1 and result.largest_buffer > 4096
+    assert result.buffer_shrinks >= 1, "the buffers never shrank after the bulk phase"
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
 
 
 # -- admission -----------------------------------------------------------------------------------

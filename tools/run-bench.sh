@@ -41,6 +41,9 @@ else
     failed+=("speedups (not built)")
 fi
 wine_bench exec_relay-wine bench.exec_relay
+# Wineserver requests per MiB and per round trip of each Wine exec server (N vs 2N operations,
+# each a Wine session of its own under ../shared/tools/wine-requests): driven from Linux.
+linux_bench exec_relay-requests bench.exec_relay --wine-requests
 linux_bench exec_relay-linux bench.exec_relay
 
 echo "=== report"
