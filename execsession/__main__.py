@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from .backends import BACKENDS, open_loop
 from .config import ConfigError, ExecSessionConfig, StderrMode
-from .loop import BACKENDS, open_loop
 from .server import AddressFilter, ExecServer, is_loopback_host, parse_listen
 from .session import EXIT_GRACE
 

@@ -489,33 +489,6 @@ def test_the_iocp_backend_is_refused_off_windows() -> None:
         open_loop("iocp")
 
 
-@pytest.mark.windows
-def test_the_overlapped_socket_io_variant_relays_too() -> None:
-    """The IOCP backend's other socket path (overlapped WSARecv/WSASend instead of AFD polls):
-    the whole suite also passes with NTAFD_EXEC_SOCKET_IO=overlapped; this keeps the main
-    cases in every run."""
-    assert sys.platform == "win32"  # the marker skips it elsewhere
-    from execsession.iocp_backend import IocpLoop
-
-    data = pattern(2 * 1024 * 1024)
-    code = ("import os\nwhile True:\n    d = os.read(0, 65536)\n    if not d: break\n"
-            "    d = bytes(255 - b for b in d)\n"
-            "    while d: d = d[os.write(1, d):]\n")
-    loop = IocpLoop("overlapped")
-    assert loop.socket_io == "overlapped"  # type: ignore[has-type,unused-ignore]
-    with ServerThread(python_child(code), loop=loop) as server:
-        assert exchange(server.address, data) == bytes(255 - b for b in data)
-        with connect(server.address) as sock:
-            sock.sendall(b"x" * 100_000)
-            assert len(recv_all(sock, limit=100_000)) >= 100_000
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-        first, second = server.wait_results(2)
-    assert (first.reason, first.returncode) == ("exited", 0)
-    assert second.reason == "client-disconnected"
-    with pytest.raises(ValueError, match="socket_io"):
-        IocpLoop("bogus")
-
-
 @pytest.mark.posix
 def test_exit_is_seen_without_pidfds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where pidfd_open is missing (older kernels, other POSIX systems) the child is polled
