@@ -65,12 +65,15 @@ class IocpLoop(Loop):
         super().__init__()
         self.port = CompletionPort()
         self._inline = 0
+        self.inline_completions = 0
+        """Requests of this loop's streams that completed at once (no packet), in all."""
         self._slots: list[_HelperSlot] = []
         self._acceptors: dict[int, _AfdAcceptor] = {}
 
     def inline_completed(self) -> None:
         """A stream's request completed at once (no packet): count it against the budget."""
         self._inline += 1
+        self.inline_completions += 1
 
     def _wait_due(self) -> bool:
         return self._inline >= INLINE_BUDGET
