@@ -65,7 +65,7 @@ def test_random_chunks_and_aborts_keep_every_byte_of_the_others() -> None:
     payloads = {seed: random.Random(seed).randbytes(size) for seed in range(full)}
     outcome: dict[int, bytes | None] = {}
     with ServerThread(python_child(ECHO)) as server:
-        jobs = [(seed, None) for seed in range(full)]
+        jobs: list[tuple[int, int | None]] = [(seed, None) for seed in range(full)]
         jobs += [(100 + index, random.Random(index).randint(256 * 1024, 2 * 1024 * 1024))
                  for index in range(aborted)]
         random.Random(0).shuffle(jobs)
@@ -204,4 +204,4 @@ def test_the_iocp_streams_use_skip_on_success_and_respect_an_unsafe_socket(
         assert exchange(server.address, data) == data
         server.wait_results(1)
         assert loop.port.stray_completions == 0  # type: ignore[attr-defined]
-    assert streams and not streams[0].skip_on_success
+    assert streams and not streams[0].skip_on_success  # type: ignore[attr-defined]

@@ -12,7 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from iocp import CompletionPort, OperationState, ReadOperation, SocketIO, skip_is_safe
+from iocp import (
+    CompletionPort,
+    Operation,
+    OperationState,
+    ReadOperation,
+    SocketIO,
+    skip_is_safe,
+)
 
 pytestmark = pytest.mark.windows
 
@@ -33,7 +40,7 @@ def settle() -> None:
     time.sleep(0.05)  # loopback delivery is asynchronous
 
 
-def wait_for(port: CompletionPort, operation: ReadOperation | object) -> None:
+def wait_for(port: CompletionPort, operation: Operation) -> None:
     deadline = time.monotonic() + WAIT
     while operation.pending and time.monotonic() < deadline:
         port.dequeue(timeout=0.5)
