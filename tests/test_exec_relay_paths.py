@@ -205,3 +205,37 @@ def test_the_iocp_streams_use_skip_on_success_and_respect_an_unsafe_socket(
         server.wait_results(1)
         assert loop.port.stray_completions == 0  # type: ignore[attr-defined]
     assert streams and not streams[0].skip_on_success  # type: ignore[attr-defined]
+
+
+@pytest.mark.windows
+def test_inline_completions_cannot_starve_the_port() -> None:
+    """200 streams whose every request completes inline (simulated: each callback counts an
+    inline completion and schedules the next) and one packet waiting on the port: the loop
+    waits on the port once its inline budget is spent, so the packet is delivered within the
+    first iterations — without the budget only every 16th iteration would wait (DE6)."""
+    from execsession.backends import open_loop
+    from execsession.iocp_backend import INLINE_BUDGET
+    from iocp import Operation
+
+    loop = open_loop("iocp")
+    ran = 0
+    delivered_after: list[int] = []
+
+    class Owner:
+        def completed(self, operation: Operation) -> None:
+            delivered_after.append(ran)
+
+    def always_ready() -> None:
+        nonlocal ran
+        ran += 1
+        loop.inline_completed()  # type: ignore[attr-defined]
+        loop.call_soon(always_ready)
+
+    try:
+        for _ in range(200):
+            loop.call_soon(always_ready)
+        loop.port.post(9, operation=Operation(tag=Owner()))  # type: ignore[attr-defined]
+        assert loop.run(until=lambda: bool(delivered_after), timeout=WAIT)
+    finally:
+        loop.close()
+    assert delivered_after[0] <= 200 + INLINE_BUDGET  # one iteration's callbacks at most
