@@ -128,3 +128,33 @@ def test_close_cancels_a_pending_read_and_closes_the_handle(port: CompletionPort
     with pytest.raises(ValueError, match="closed pipe"):
         reader.read(100)
     writer.close()
+
+
+def test_a_pending_write_owns_its_data(port: CompletionPort) -> None:
+    """The operation owns the memory the kernel reads until the write is done, whatever the
+    caller drops (checked by reading it back after a collection, while the write was still
+    pending)."""
+    import gc
+
+    reader, writer = pipes(port, buffer_size=64 * 1024)
+    try:
+        data = random.Random(3).randbytes(500_000)
+        expected = hashlib.sha256(data).digest()
+        write = writer.write(data, tag="w")
+        assert write.pending
+        del data
+        gc.collect()
+        received = bytearray()
+        deadline = time.monotonic() + WAIT
+        while len(received) < 500_000 and time.monotonic() < deadline:
+            read = reader.read(65536)
+            while read.pending and time.monotonic() < deadline:
+                port.dequeue(timeout=1)
+            received += read.data
+        while write.pending and time.monotonic() < deadline:
+            port.dequeue(timeout=1)
+        assert write.result() == 500_000
+        assert hashlib.sha256(received).digest() == expected
+    finally:
+        reader.close()
+        writer.close()
