@@ -93,8 +93,9 @@ class OverlappedStream(Stream):
     def write(self, data: bytes, callback: WriteCallback) -> None:
         if self._closed:
             raise ValueError(f"write on a closed {self._what}")
+        reuse = self._write_op  # completed: its buffer takes this write (no fresh allocation)
         try:
-            operation = self._io.write(data, tag=self)
+            operation = self._write_op = self._io.write(data, tag=self, operation=reuse)
         except OSError as error:  # BrokenPipeError: the child closed its stdin
             self._loop.call_soon(self._deliver_write, callback, 0, error)
             return
@@ -102,7 +103,6 @@ class OverlappedStream(Stream):
             self._loop.inline_completed()
             self._loop.call_soon(self._deliver_write, callback, operation.information, None)
         else:
-            self._write_op = operation
             self._write_cb = callback
 
     # -- results -------------------------------------------------------------------------------
@@ -131,7 +131,6 @@ class OverlappedStream(Stream):
                 read_cb(data, error)
         elif isinstance(operation, WriteOperation):
             write_cb, self._write_cb = self._write_cb, None
-            self._write_op = None
             if write_cb is not None:
                 if operation.succeeded:
                     write_cb(operation.information, None)

@@ -145,16 +145,30 @@ class OverlappedIO:
         self._start(operation, handle, self._read_call, buffer, size)
         return operation
 
-    def write(self, data: bytes | bytearray | memoryview, tag: Any = None) -> WriteOperation:
-        """Start writing ``data`` (copied); returns the operation, ``COMPLETED`` (inline:
-        ``information`` is the count written) or ``PENDING``. Raises ``OSError`` if the call
-        failed at once (``BrokenPipeError``: the reader is gone)."""
+    def write(self, data: bytes | bytearray | memoryview, tag: Any = None,
+              operation: WriteOperation | None = None) -> WriteOperation:
+        """Start writing ``data`` (copied into the operation's buffer); returns the operation,
+        ``COMPLETED`` (inline: ``information`` is the count written) or ``PENDING``.
+        ``operation``: a completed write whose buffer to reuse if it holds ``data`` (no fresh
+        allocation per write). Raises ``OSError`` if the call failed at once
+        (``BrokenPipeError``: the reader is gone)."""
         size = len(data)
         if not 0 < size <= MAX_TRANSFER:
             raise ValueError(f"write size must be between 1 and {MAX_TRANSFER} bytes, not {size}")
         handle = self.handle
-        buffer = ctypes.create_string_buffer(bytes(data), size)
-        operation = WriteOperation(tag, buffer)
+        buffer = None
+        if operation is not None:
+            buffer = operation.buffer  # raises OperationBusyError while still pending
+            if buffer is not None and ctypes.sizeof(buffer) >= size:
+                source = data if type(data) is bytes else bytes(data)
+                ctypes.memmove(ctypes.addressof(buffer), source, size)
+                operation.tag = tag
+            else:
+                buffer = None
+        if buffer is None:
+            buffer = ctypes.create_string_buffer(bytes(data), size)
+            operation = WriteOperation(tag, buffer)
+        assert operation is not None
         self._start(operation, handle, self._write_call, buffer, size)
         return operation
 

@@ -158,3 +158,29 @@ def test_a_pending_write_owns_its_data(port: CompletionPort) -> None:
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_completed_write_lends_its_buffer_to_the_next(port: CompletionPort) -> None:
+    from iocp import OperationBusyError
+
+    reader, writer = pipes(port, buffer_size=64 * 1024)
+    try:
+        first = writer.write(b"a" * 1000)
+        assert first.state is OperationState.COMPLETED
+        second = writer.write(b"b" * 10, operation=first)
+        assert second is first and second.result() == 10
+        assert reader.read(2000).data == b"a" * 1000 + b"b" * 10
+        big = writer.write(bytes(300_000))  # larger than the pipe: pending
+        assert big.pending
+        with pytest.raises(OperationBusyError):
+            writer.write(b"c", operation=big)  # the kernel still reads its buffer
+        bigger = writer.write(b"d" * 2000, operation=first)  # too small: a new buffer
+        assert bigger is not first
+        reader.close()  # ends the pending write (broken pipe)
+        deadline = time.monotonic() + WAIT
+        while (big.pending or bigger.pending) and time.monotonic() < deadline:
+            port.dequeue(timeout=1)
+        assert not big.pending and not bigger.pending
+    finally:
+        reader.close()
+        writer.close()
