@@ -189,6 +189,8 @@ class OverlappedIO:
 
         self.port.start(operation, handle, issue)
         if operation.state is OperationState.PENDING:
+            if len(self._pending) > 8:  # forget those dequeued by a caller that did not say so
+                self._pending = {op for op in self._pending if op.pending}
             self._pending.add(operation)
 
     def completed(self, operation: Operation) -> None:
