@@ -207,13 +207,13 @@ def test_random_chunks_both_ways_keep_every_byte(port: CompletionPort) -> None:
     echoed = bytearray()
 
     def peer_side() -> None:
-        time.sleep(0.1)  # our first read is issued on an empty socket: it pends
+        peer_rng = random.Random(11)
         sent = 0
         while sent < size:  # bursts with pauses: our reads find data, or wait for it
-            chunk = rng.randint(1, 200_000)
+            chunk = peer_rng.randint(1, 200_000)
             peer.sendall(incoming[sent:sent + chunk])
             sent += chunk
-            if rng.random() < 0.5:
+            if peer_rng.random() < 0.5:
                 time.sleep(0.01)
 
     def peer_reader() -> None:
@@ -226,12 +226,15 @@ def test_random_chunks_both_ways_keep_every_byte(port: CompletionPort) -> None:
     with ours, peer:
         io = SocketIO(port, ours, KEY)
         threads = [threading.Thread(target=peer_side), threading.Thread(target=peer_reader)]
-        for thread in threads:
-            thread.start()
         received = bytearray()
         sent = 0
         inline = pending = 0
-        read_op: ReadOperation | None = None
+        first = io.read(65536, tag="r")
+        assert first.pending  # nothing was sent yet: this one waits for the port
+        read_op: ReadOperation | None = first
+        pending += 1
+        for thread in threads:
+            thread.start()
         write_op = None
         deadline = time.monotonic() + 120
         while (len(received) < size or sent < size) and time.monotonic() < deadline:
