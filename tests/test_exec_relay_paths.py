@@ -10,6 +10,7 @@ import hashlib
 import logging
 import random
 import socket
+import sys
 import threading
 import time
 
@@ -64,6 +65,7 @@ def test_random_chunks_and_aborts_keep_every_byte_of_the_others() -> None:
     full, aborted, size = 8, 8, 6 * 1024 * 1024
     payloads = {seed: random.Random(seed).randbytes(size) for seed in range(full)}
     outcome: dict[int, bytes | None] = {}
+    orphans_before = _orphans()
     with ServerThread(python_child(ECHO)) as server:
         jobs: list[tuple[int, int | None]] = [(seed, None) for seed in range(full)]
         jobs += [(100 + index, random.Random(index).randint(256 * 1024, 2 * 1024 * 1024))
@@ -92,6 +94,16 @@ def test_random_chunks_and_aborts_keep_every_byte_of_the_others() -> None:
     assert all(result.returncode is not None for result in results)  # every child reaped
     if port is not None:  # IOCP: nothing left to the kernel, no packet for an inline one
         assert port.stray_completions == 0
+        assert port.closed and _orphans() == orphans_before  # no buffer left to the kernel
+
+
+def _orphans() -> int:
+    """Operations a closed port had to keep for the life of the process (still pending)."""
+    if sys.platform != "win32":
+        return 0
+    import iocp.port
+
+    return len(iocp.port._orphaned)
 
 
 ECHO = (
