@@ -163,7 +163,9 @@ class AfdHelperHandle:
         return self.port.cancel(operation)
 
     def close(self) -> None:
-        """Close the handle: the kernel cancels any polls still pending on it."""
+        """Close the handle. Cancel its pending polls first (``CompletionPort.close`` does):
+        on Windows closing the handle does not end polls issued for other sockets (ACTIVE_KB
+        WD1), although Wine ends them."""
         self._handle.close()
 
     def __enter__(self) -> AfdHelperHandle:

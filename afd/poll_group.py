@@ -87,8 +87,10 @@ class PollGroups:
         return len(self._groups)
 
     def close(self) -> None:
-        """Close every helper handle: the kernel cancels the polls still pending on them (their
-        completions are still dequeued from the port, which owns their memory)."""
+        """Close every helper handle. Close (or drain) the port first: on Windows closing a
+        helper does not end the polls it issued for other sockets (ACTIVE_KB WD1; Wine ends
+        them), so polls still pending would keep their memory until the port's close
+        orphans it."""
         groups, self._groups = self._groups, []
         self._with_room.clear()
         for group in groups:

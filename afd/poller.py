@@ -401,8 +401,11 @@ class AfdPoller:
             self._deleting.clear()
             self._rearm.clear()
             self._ready.clear()
-            self._groups.close()  # the kernel cancels the polls pending on the helpers
-            self._port.close()  # dequeues those cancellations; wakes a blocked poll()
+            # The port first: it cancels every pending poll through its helper handle, still
+            # open (on Windows closing a helper does not end the polls it issued for other
+            # sockets: ACTIVE_KB WD1), dequeues the cancellations and wakes a blocked poll().
+            self._port.close()
+            self._groups.close()
             self._batch.clear()
 
     def __enter__(self) -> AfdPoller:

@@ -524,15 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ON_WINDOWS:
         cat = [python, "-S", "-u", "-c", ECHO_CODE]
         light = ["find.exe", "o"]  # Wine's find passes lines containing "o": a cheap echo
-        overlapped = "NTAFD_EXEC_SOCKET_IO=overlapped"
         runs = [
-            ("ntafd-exec (iocp, AFD)", lambda port: [*ours, str(port), "-e", *cat],
+            ("ntafd-exec (iocp)", lambda port: [*ours, str(port), "-e", *cat],
              lambda port: [*ours, str(port), "-e", *light]),
-            ("ntafd-exec AFD 256k", lambda port: [*ours, str(port), *big, "-e", *cat],
+            ("ntafd-exec --buffer 256k", lambda port: [*ours, str(port), *big, "-e", *cat],
              lambda port: [*ours, str(port), *big, "-e", *light]),
-            ("ntafd-exec WSARecv 256k",
-             lambda port: [overlapped, *ours, str(port), *big, "-e", *cat],
-             lambda port: [overlapped, *ours, str(port), *big, "-e", *light]),
             ("threaded relay",
              lambda port: [python, __file__, "--threaded-server", str(port), "--", *cat],
              lambda port: [python, __file__, "--threaded-server", str(port), "--", *light]),

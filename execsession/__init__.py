@@ -9,8 +9,9 @@ child's tree in its own process group). ``$NTAFD_EXEC_BACKEND`` or an argument o
 choice.
 """
 
+from .backends import BACKEND_ENV, BACKENDS, default_backend, open_loop
 from .config import ConfigError, ExecSessionConfig, StderrMode
-from .loop import BACKEND_ENV, BACKENDS, Child, Loop, Stream, default_backend, open_loop
+from .loop import Child, Loop, Stream
 from .server import AddressFilter, ExecServer, parse_listen
 from .session import ExecSession, SessionResult
 

@@ -10,8 +10,8 @@ import traceback
 from collections.abc import Sequence
 from types import FrameType
 
+from .backends import BACKEND_ENV, BACKENDS, default_backend, open_loop
 from .config import ConfigError, ExecSessionConfig, StderrMode
-from .loop import BACKEND_ENV, BACKENDS, default_backend, open_loop
 from .server import DEFAULT_MAX_CONNS, AddressFilter, ExecServer, is_loopback_host, parse_listen
 
 USAGE = "%(prog)s -l [HOST:]PORT [options] (-e PROG [ARGS ...] | -c CMD)"

@@ -1,5 +1,8 @@
 """The event loop interface the backends implement, and what they share.
 
+An interface only: the backends (``posix_backend``, ``iocp_backend``) implement it and
+:mod:`execsession.backends` chooses one, so this module imports no backend.
+
 A loop runs callbacks, timers and I/O on one thread. I/O is *completion style*: a stream is
 asked to read or write and calls back when that is done, whatever the kernel's model is (the
 selectors backend turns readiness into completions; the IOCP backend gets completions from the
@@ -12,9 +15,7 @@ import collections
 import heapq
 import itertools
 import logging
-import os
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -25,8 +26,6 @@ from typing import Any
 from .config import StderrMode
 
 __all__ = [
-    "BACKENDS",
-    "BACKEND_ENV",
     "Child",
     "Loop",
     "Owned",
@@ -34,15 +33,10 @@ __all__ = [
     "Stream",
     "Timer",
     "WriteCallback",
-    "default_backend",
-    "open_loop",
 ]
 
 log = logging.getLogger("execsession.loop")
 
-BACKEND_ENV = "NTAFD_EXEC_BACKEND"
-"""Environment variable that overrides the backend choice (``iocp`` or ``selectors``)."""
-BACKENDS = ("iocp", "selectors")
 MAX_SKIPPED_WAITS = 16
 
 ReadCallback = Callable[[bytes, BaseException | None], None]
@@ -201,7 +195,8 @@ class Loop(ABC):
     def _run_once(self, deadline: float | None) -> None:
         while self._threadsafe:
             self._ready.append(self._threadsafe.popleft())
-        if self._ready and not self._stopping and self._skipped_waits < MAX_SKIPPED_WAITS:
+        if (self._ready and not self._stopping and self._skipped_waits < MAX_SKIPPED_WAITS
+                and not self._wait_due()):
             # Callbacks are ready: run them before asking the kernel for more (under Wine even
             # a zero-timeout wait is a wineserver round trip). I/O is still checked at least
             # every MAX_SKIPPED_WAITS iterations, so it cannot starve.
@@ -268,6 +263,11 @@ class Loop(ABC):
         return wait
 
     # -- backend -----------------------------------------------------------------------------
+    def _wait_due(self) -> bool:
+        """Whether the next iteration must wait on I/O even though callbacks are ready (a
+        backend that completes requests inline bounds how many it delivers between waits)."""
+        return False
+
     @abstractmethod
     def _wait(self, timeout: float | None) -> None:
         """Wait for I/O up to ``timeout`` seconds and run its callbacks."""
@@ -307,31 +307,3 @@ class Loop(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def default_backend() -> str:
-    """``$NTAFD_EXEC_BACKEND`` if set, else ``iocp`` on Windows and ``selectors`` elsewhere."""
-    chosen = os.environ.get(BACKEND_ENV, "").strip().lower()
-    if chosen:
-        if chosen not in BACKENDS:
-            raise ValueError(f"{BACKEND_ENV}={chosen!r}: expected one of {', '.join(BACKENDS)}")
-        return chosen
-    return "iocp" if sys.platform == "win32" else "selectors"
-
-
-def open_loop(backend: str | None = None) -> Loop:
-    """A new loop on ``backend`` (default: :func:`default_backend`)."""
-    backend = backend or default_backend()
-    if backend == "iocp":
-        if sys.platform != "win32":
-            raise ValueError("the iocp backend needs Windows (or Wine); this is "
-                             f"{sys.platform!r}: use the selectors backend")
-        from .iocp_backend import IocpLoop
-        return IocpLoop()
-    if backend == "selectors":
-        if sys.platform == "win32":
-            raise ValueError("the selectors backend needs POSIX pipes (select() on Windows "
-                             "takes sockets only): use the iocp backend")
-        from .posix_backend import SelectorLoop
-        return SelectorLoop()
-    raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")

@@ -29,8 +29,9 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .backends import open_loop
 from .config import ExecSessionConfig
-from .loop import Child, Loop, Stream, Timer, open_loop
+from .loop import Child, Loop, Stream, Timer
 
 __all__ = ["ExecSession", "SessionResult"]
 

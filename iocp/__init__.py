@@ -3,12 +3,16 @@
 :class:`CompletionPort` creates a port, associates handles, posts and dequeues completions in
 batches. :class:`Operation` owns the memory the kernel writes into for one request; the port
 keeps it alive until the request's completion is dequeued. ``iocp.file_io`` issues overlapped
-reads and writes; ``iocp.pipes`` makes overlapped pipes.
+reads and writes; ``iocp.pipes`` makes overlapped pipes. :class:`SocketIO` and :class:`PipeIO`
+(``iocp.overlapped_io``'s rules) read and write sockets and pipes with requests that complete at
+once handled inline (skip-on-success) and the others through the port.
 """
 
 from .file_io import ReadOperation, WriteOperation, start_read, start_write
 from .handle import Handle
 from .operation import Operation, OperationBusyError, OperationState
+from .overlapped_io import OverlappedIO, set_skip_on_success
+from .pipe_io import PipeIO
 from .pipes import create_pipe
 from .port import (
     PACKET,
@@ -20,6 +24,7 @@ from .port import (
     relative_timeout,
     validate_timeout,
 )
+from .socket_io import SocketIO, skip_is_safe
 
 __all__ = [
     "PACKET",
@@ -31,11 +36,16 @@ __all__ = [
     "Operation",
     "OperationBusyError",
     "OperationState",
+    "OverlappedIO",
+    "PipeIO",
     "PortClosedError",
     "ReadOperation",
+    "SocketIO",
     "WriteOperation",
     "create_pipe",
     "relative_timeout",
+    "set_skip_on_success",
+    "skip_is_safe",
     "start_read",
     "start_write",
     "validate_timeout",

@@ -524,7 +524,10 @@ class CompletionPort:
             try:
                 self.cancel(operation)
             except OSError:
-                pass  # its handle was closed: the request is being cancelled already
+                # Its handle was closed. Under Wine that ends the request; on Windows closing
+                # a handle does not end, for instance, a helper's polls for
+                # other sockets (WD1): the drain below then orphans what does not complete.
+                pass
         deadline = time.monotonic() + CLOSE_DRAIN_SECONDS
         while self._pending and time.monotonic() < deadline:
             self.dequeue(timeout=0.05)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from execsession import ExecSession, ExecSessionConfig, StderrMode, open_loop
-from execsession.loop import BACKEND_ENV, BACKENDS
+from execsession.backends import BACKEND_ENV, BACKENDS
 from execsession.server import AddressFilter
 from tests.exec_support import (
     NATIVE_CAT,
@@ -564,33 +564,6 @@ def test_the_iocp_backend_is_refused_off_windows() -> None:
         open_loop("iocp")
 
 
-@pytest.mark.windows
-def test_the_overlapped_socket_io_variant_relays_too() -> None:
-    """The IOCP backend's other socket path (overlapped WSARecv/WSASend instead of AFD polls):
-    the whole suite also passes with NTAFD_EXEC_SOCKET_IO=overlapped; this keeps the main
-    cases in every run."""
-    assert sys.platform == "win32"  # the marker skips it elsewhere
-    from execsession.iocp_backend import IocpLoop
-
-    data = pattern(2 * 1024 * 1024)
-    code = ("import os\nwhile True:\n    d = os.read(0, 65536)\n    if not d: break\n"
-            "    d = bytes(255 - b for b in d)\n"
-            "    while d: d = d[os.write(1, d):]\n")
-    loop = IocpLoop("overlapped")
-    assert loop.socket_io == "overlapped"  # type: ignore[has-type,unused-ignore]
-    with ServerThread(python_child(code), loop=loop) as server:
-        assert exchange(server.address, data) == bytes(255 - b for b in data)
-        with connect(server.address) as sock:
-            sock.sendall(b"x" * 100_000)
-            assert len(recv_all(sock, limit=100_000)) >= 100_000
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-        first, second = server.wait_results(2)
-    assert (first.reason, first.returncode) == ("exited", 0)
-    assert second.reason == "client-disconnected"
-    with pytest.raises(ValueError, match="socket_io"):
-        IocpLoop("bogus")
-
-
 @pytest.mark.posix
 def test_exit_is_seen_without_pidfds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where pidfd_open is missing (older kernels, other POSIX systems) the child is polled
@@ -829,7 +802,7 @@ def test_a_failure_while_building_the_pipes_is_raised_as_itself(
     import subprocess
 
     from execsession import StderrMode as Mode
-    from execsession import iocp_backend
+    from execsession import iocp_child
 
     started: list[subprocess.Popen[bytes]] = []
 
@@ -839,17 +812,18 @@ def test_a_failure_while_building_the_pipes_is_raised_as_itself(
             started.append(self)
 
     built: list[object] = []
+    real_pipe_stream = iocp_child.pipe_stream  # type: ignore[attr-defined]
 
-    class FailingPipeStream(iocp_backend._PipeStream):
-        def __init__(self, loop: Any, handle: Any) -> None:
-            if built:
-                handle.close()
-                raise OSError("injected: associating the stdout pipe failed")
-            built.append(self)
-            super().__init__(loop, handle)
+    def failing_pipe_stream(loop: Any, handle: Any) -> Any:
+        if built:
+            handle.close()
+            raise OSError("injected: associating the stdout pipe failed")
+        stream = real_pipe_stream(loop, handle)
+        built.append(stream)
+        return stream
 
     monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
-    monkeypatch.setattr(iocp_backend, "_PipeStream", FailingPipeStream)
+    monkeypatch.setattr(iocp_child, "pipe_stream", failing_pipe_stream)
     with open_loop() as loop:
         with pytest.raises(OSError, match="injected: associating"):
             loop.spawn(python_child("import time; time.sleep(120)"), shell=False,

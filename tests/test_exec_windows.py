@@ -30,6 +30,7 @@ def test_a_job_reports_its_processes_on_a_port() -> None:
     from iocp import CompletionPort, Handle
 
     with CompletionPort() as port, Handle(nt.CreateJobObjectW(), "job") as job:
+        port.add_raw_key(77)  # ApcContext is a pid, never an operation
         nt.SetInformationJobObject(job.value, JobObjectAssociateCompletionPortInformation,
                                    JOBOBJECT_ASSOCIATE_COMPLETION_PORT(77, port.handle))
         code = "import subprocess, sys; subprocess.run([sys.executable, '-S', '-c', 'pass'])"

@@ -1,0 +1,184 @@
+"""The IOCP backend's streams: a socket or one of a child's pipes, on ``iocp``'s overlapped I/O.
+
+Both kinds are one class over an :class:`iocp.OverlappedIO` (``SocketIO``: ``WSARecv`` /
+``WSASend``; ``PipeIO``: ``ReadFile`` / ``WriteFile``). A request either completes at once —
+with skip-on-success no packet is coming, so the result is delivered through ``call_soon`` (never
+re-entrantly) and counted against the loop's inline budget — or completes later through the
+port, where :meth:`OverlappedStream.completed` delivers it. A closed stream calls back no more;
+the port keeps a cancelled request's memory until its completion is dequeued.
+
+Why not AFD readiness polls plus non-blocking calls for the socket (the earlier design, DE1):
+a poll is a request of its own and its completion a packet, before the ``recv`` that a
+completed ``WSARecv`` already did; with skip-on-success most requests of a busy relay complete
+at once, with no packet at all (ACTIVE_KB E15 has the measurements).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+if sys.platform != "win32":  # pragma: no cover - backends.open_loop() refuses first
+    raise ImportError("execsession.iocp_streams needs Windows (or Wine)")
+
+from iocp import (
+    Handle,
+    Operation,
+    OperationState,
+    OverlappedIO,
+    PipeIO,
+    ReadOperation,
+    SocketIO,
+    WriteOperation,
+)
+from ntdll import NtStatusError
+
+from .loop import ReadCallback, Stream, WriteCallback
+
+if TYPE_CHECKING:
+    from .iocp_backend import IocpLoop
+
+__all__ = ["PIPE_KEY", "READ_MAX", "SOCKET_KEY", "OverlappedStream", "pipe_stream",
+           "socket_stream"]
+
+PIPE_KEY = 1
+SOCKET_KEY = 3
+READ_MAX = 1024 * 1024
+"""The largest single read (sessions ask for what their buffers have room for)."""
+
+
+class OverlappedStream(Stream):
+    """One read and one write at a time on an :class:`iocp.OverlappedIO`."""
+
+    def __init__(self, loop: IocpLoop, io: OverlappedIO, what: str,
+                 sock: socket.socket | None = None) -> None:
+        self._loop = loop
+        self._io = io
+        self._what = what
+        self._sock = sock
+        self._closed = False
+        self._read_op: ReadOperation | None = None
+        self._read_cb: ReadCallback | None = None
+        self._write_cb: WriteCallback | None = None
+        self._write_op: WriteOperation | None = None
+
+    @property
+    def skip_on_success(self) -> bool:
+        return self._io.skip_on_success
+
+    # -- requests ------------------------------------------------------------------------------
+    def read(self, size: int, callback: ReadCallback) -> None:
+        if self._closed:
+            raise ValueError(f"read on a closed {self._what}")
+        size = min(size, READ_MAX)
+        operation = self._read_op
+        if operation is not None:
+            buffer = operation.buffer  # raises OperationBusyError if a read is still pending
+            if buffer is None or ctypes.sizeof(buffer) < size:
+                operation = None  # a bigger buffer: reads follow the session's room
+        try:
+            operation = self._read_op = self._io.read(size, tag=self, operation=operation)
+        except OSError as error:
+            self._loop.call_soon(self._deliver_read, callback, b"", error)
+            return
+        if operation.state is OperationState.COMPLETED:
+            self._loop.inline_completed()
+            data, failure = self._read_result(operation)
+            self._loop.call_soon(self._deliver_read, callback, data, failure)
+        else:
+            self._read_cb = callback
+
+    def write(self, data: bytes, callback: WriteCallback) -> None:
+        if self._closed:
+            raise ValueError(f"write on a closed {self._what}")
+        # A fresh buffer per write, not the last one's: reusing it measured no faster (ACTIVE_KB
+        # issue 10) and would keep a chunk-sized buffer per idle session.
+        try:
+            operation = self._write_op = self._io.write(data, tag=self)
+        except OSError as error:  # BrokenPipeError: the child closed its stdin
+            self._loop.call_soon(self._deliver_write, callback, 0, error)
+            return
+        if operation.state is OperationState.COMPLETED:
+            self._write_op = None
+            self._loop.inline_completed()
+            self._loop.call_soon(self._deliver_write, callback, operation.information, None)
+        else:
+            self._write_cb = callback
+
+    # -- results -------------------------------------------------------------------------------
+    def _read_result(self, operation: ReadOperation) -> tuple[bytes, BaseException | None]:
+        if operation.at_end:
+            return b"", None
+        if operation.succeeded:
+            return operation.data, None
+        return b"", self._failure(operation, "read")
+
+    def _failure(self, operation: Operation, verb: str) -> BaseException:
+        error = NtStatusError(operation.status or 0, f"{self._what} {verb}")
+        if self._sock is not None:
+            return ConnectionResetError(f"socket {verb} failed: {error}")
+        return BrokenPipeError(f"pipe {verb} failed: {error}")
+
+    def completed(self, operation: Operation) -> None:
+        """The port dequeued one of this stream's requests."""
+        self._io.completed(operation)
+        if self._closed:
+            return
+        if isinstance(operation, ReadOperation):
+            read_cb, self._read_cb = self._read_cb, None
+            if read_cb is not None:
+                data, error = self._read_result(operation)
+                read_cb(data, error)
+        elif isinstance(operation, WriteOperation):
+            write_cb, self._write_cb = self._write_cb, None
+            self._write_op = None
+            if write_cb is not None:
+                if operation.succeeded:
+                    write_cb(operation.information, None)
+                else:
+                    write_cb(0, self._failure(operation, "write"))
+
+    def _deliver_read(self, callback: ReadCallback, data: bytes,
+                      error: BaseException | None) -> None:
+        if not self._closed:
+            callback(data, error)
+
+    def _deliver_write(self, callback: WriteCallback, count: int,
+                       error: BaseException | None) -> None:
+        if not self._closed:
+            callback(count, error)
+
+    # -- ending --------------------------------------------------------------------------------
+    def shutdown_write(self) -> None:
+        if self._sock is None:
+            self.close()  # a pipe: closing our end is its end of data
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._read_cb = self._write_cb = None
+        self._io.close()  # cancels what is pending; a pipe's handle is closed with it
+
+
+def socket_stream(loop: IocpLoop, sock: socket.socket) -> OverlappedStream:
+    """A stream on a connected socket, associated with the loop's port for the rest of its
+    life; skip-on-success where the socket is its own base handle."""
+    return OverlappedStream(loop, SocketIO(loop.port, sock, SOCKET_KEY), "socket", sock)
+
+
+def pipe_stream(loop: IocpLoop, handle: Handle) -> OverlappedStream:
+    """A stream on our overlapped end of a child's pipe (owned: closed with the stream)."""
+    try:
+        io = PipeIO(loop.port, handle, PIPE_KEY)
+    except BaseException:
+        handle.close()
+        raise
+    return OverlappedStream(loop, io, "pipe")

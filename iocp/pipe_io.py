@@ -1,0 +1,60 @@
+"""Overlapped pipe I/O: ``ReadFile`` / ``WriteFile`` on our end of an overlapped pipe.
+
+See :mod:`iocp.overlapped_io` for the rules. Skip-on-success is safe on pipes (the handle is the
+named-pipe file system's own) and is honoured there under Wine 8 too (ACTIVE_KB E14), so it is
+set by default.
+
+End of data: a pending read completes with ``STATUS_PIPE_BROKEN`` when the writer closes; a
+read issued after that fails at once with ``ERROR_BROKEN_PIPE`` and queues nothing (F12).
+:meth:`PipeIO.read` turns that failure into a read completed at once at end of data
+(``at_end``), so a caller sees one kind of end whichever way it came. A write to a pipe whose
+reader closed raises ``BrokenPipeError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ntdll import functions as nt
+from ntdll import status as ntstatus
+
+from .file_io import ReadOperation
+from .handle import Handle
+from .overlapped_io import OverlappedIO
+from .port import CompletionPort
+
+__all__ = ["PipeIO"]
+
+
+class PipeIO(OverlappedIO):
+    """``ReadFile``/``WriteFile`` on an overlapped pipe end (:func:`iocp.create_pipe`).
+
+    With ``owns=True`` :meth:`close` also closes the :class:`Handle`.
+    """
+
+    _kind = "pipe"
+    _read_call = staticmethod(nt.ReadFile)
+    _write_call = staticmethod(nt.WriteFile)
+
+    def __init__(self, port: CompletionPort, pipe: Handle, key: int, *,
+                 skip_on_success: bool = True, owns: bool = True) -> None:
+        super().__init__(port, pipe.value, key, skip_on_success=skip_on_success)
+        self._pipe = pipe
+        self._owns = owns
+
+    def read(self, size: int, tag: Any = None,
+             operation: ReadOperation | None = None) -> ReadOperation:
+        try:
+            return super().read(size, tag, operation)
+        except BrokenPipeError:
+            # The writer closed and the pipe is empty: end of data, nothing queued.
+            if operation is None:
+                operation = ReadOperation(tag)
+            operation._complete(ntstatus.STATUS_PIPE_BROKEN, 0)
+            return operation
+
+    def close(self) -> None:
+        """Cancel pending requests and, if owned, close the pipe handle."""
+        super().close()
+        if self._owns:
+            self._pipe.close()

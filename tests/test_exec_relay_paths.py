@@ -1,0 +1,253 @@
+"""The exec relay, byte-exact through every I/O path, and its bad-input endings.
+
+Under Wine this is the IOCP backend: socket and pipe requests completing inline (skip-on-
+success) interleaved with pending ones. On Linux the selectors backend runs the same cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from execsession import SessionResult
+from tests.exec_support import WAIT, ServerThread, connect, exchange, python_child
+
+ABORT_LINGER = b"\1\0\0\0\0\0\0\0"  # SO_LINGER on, 0 s: close() resets the connection
+
+
+def _client(address: tuple[str, int], data: bytes, seed: int, abort_after: int | None,
+            outcome: dict[int, bytes | None]) -> None:
+    """Send ``data`` in random chunks with random pauses and read the echo in random sizes;
+    with ``abort_after``, reset the connection once that many bytes came back."""
+    rng = random.Random(seed)
+    with connect(address) as sock:
+        def send() -> None:
+            try:
+                sent = 0
+                while sent < len(data):
+                    chunk = rng.randint(1, 256 * 1024)
+                    sock.sendall(data[sent:sent + chunk])
+                    sent += chunk
+                    if rng.random() < 0.05:
+                        time.sleep(0.002)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the abort case closes the socket under the sender
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        received = bytearray()
+        try:
+            while True:
+                piece = sock.recv(rng.randint(1, 200_000))
+                if not piece:
+                    break
+                received += piece
+                if abort_after is not None and len(received) >= abort_after:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_LINGER)
+                    break
+        except OSError:
+            pass
+    sender.join(WAIT)
+    outcome[seed] = bytes(received) if abort_after is None else None
+
+
+def test_random_chunks_and_aborts_keep_every_byte_of_the_others() -> None:
+    """64 MiB in all: 8 full relays of 6 MiB (hash equal) and 8 reset mid-transfer, 4 at a
+    time on one server; every session ends with its reason, every child is reaped, and on the
+    IOCP backend no request is left pending and no stray packet came."""
+    full, aborted, size = 8, 8, 6 * 1024 * 1024
+    payloads = {seed: random.Random(seed).randbytes(size) for seed in range(full)}
+    outcome: dict[int, bytes | None] = {}
+    orphans_before = _orphans()
+    with ServerThread(python_child(ECHO)) as server:
+        jobs: list[tuple[int, int | None]] = [(seed, None) for seed in range(full)]
+        jobs += [(100 + index, random.Random(index).randint(256 * 1024, 2 * 1024 * 1024))
+                 for index in range(aborted)]
+        random.Random(0).shuffle(jobs)
+        for start in range(0, len(jobs), 4):
+            threads = []
+            for seed, abort_after in jobs[start:start + 4]:
+                data = payloads.get(seed) or random.Random(seed).randbytes(2 * 1024 * 1024)
+                thread = threading.Thread(target=_client, daemon=True, args=(
+                    server.address, data, seed, abort_after, outcome))
+                thread.start()
+                threads.append(thread)
+            for thread in threads:
+                thread.join(WAIT * 2)
+                assert not thread.is_alive()
+        results = server.wait_results(full + aborted, timeout=WAIT * 2)
+        port = getattr(server.loop, "port", None)
+    for seed in range(full):
+        got = outcome[seed]
+        assert got is not None
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payloads[seed]).digest(), seed
+    reasons = sorted(result.reason for result in results)
+    assert reasons.count("exited") >= full
+    assert set(reasons) <= {"exited", "client-disconnected"}
+    assert all(result.returncode is not None for result in results)  # every child reaped
+    if port is not None:  # IOCP: nothing left to the kernel, no packet for an inline one
+        assert port.stray_completions == 0
+        assert port.closed and _orphans() == orphans_before  # no buffer left to the kernel
+
+
+def _orphans() -> int:
+    """Operations a closed port had to keep for the life of the process (still pending)."""
+    if sys.platform != "win32":
+        return 0
+    import iocp.port
+
+    return len(iocp.port._orphaned)
+
+
+ECHO = (
+    "import os\n"
+    "while True:\n"
+    "    data = os.read(0, 65536)\n"
+    "    if not data:\n"
+    "        break\n"
+    "    while data:\n"
+    "        data = data[os.write(1, data):]\n"
+)
+
+# The child's first five bytes choose what it does: "exit!" reads a little more then exits
+# with 3 while the client keeps writing; "flood" writes 2 MiB and exits at once (its output
+# is then read from a pipe whose writer is gone); anything else: echo.
+DISPATCH = (
+    "import os, sys\n"
+    "first = b''\n"
+    "while len(first) < 5:\n"
+    "    part = os.read(0, 5 - len(first))\n"
+    "    if not part: sys.exit(0)\n"
+    "    first += part\n"
+    "if first == b'exit!':\n"
+    "    os.read(0, 1000)\n"
+    "    sys.exit(3)\n"
+    "if first == b'flood':\n"
+    "    block = bytes(range(256)) * 8192\n"
+    "    view = memoryview(block)\n"
+    "    while view: view = view[os.write(1, view):]\n"
+    "    sys.exit(0)\n"
+    "os.write(1, first)\n" + ECHO
+)
+FLOOD = bytes(range(256)) * 8192
+
+
+def _wait_for(server: ServerThread, count: int) -> list[SessionResult]:
+    return server.wait_results(count)
+
+
+def test_bad_input_ends_one_session_with_its_reason_and_the_server_keeps_serving(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="execsession")
+    with ServerThread(python_child(DISPATCH)) as server:
+        # 1. the socket is reset under a pending receive (nothing sent yet)
+        with connect(server.address) as sock:
+            server.wait_sessions(1)
+            time.sleep(0.2)  # the session's receive is pending by now
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_LINGER)
+        first = _wait_for(server, 1)[0]
+        assert first.reason == "client-disconnected"
+        assert "client lost" in caplog.text
+
+        # 2. the child exits while the client is still writing (its stdin breaks mid-write)
+        with connect(server.address) as sock:
+            def send() -> None:
+                try:
+                    sock.sendall(b"exit!" + b"z" * (8 * 1024 * 1024))
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            while sock.recv(65536):
+                pass
+            sender.join(WAIT)
+        second = _wait_for(server, 2)[1]
+        assert (second.reason, second.returncode) == ("exited", 3)
+        assert "child stdin closed" in caplog.text
+
+        # 3. the child writes 2 MiB and exits at once: its output is read from a pipe whose
+        # writer is gone (reads completing at once, then end of data as an inline completion)
+        assert exchange(server.address, b"flood") == FLOOD
+        third = _wait_for(server, 3)[2]
+        assert (third.reason, third.returncode) == ("exited", 0)
+
+        # the server still serves
+        assert exchange(server.address, b"still serving\n") == b"still serving\n"
+        assert _wait_for(server, 4)[3].reason == "exited"
+        port = getattr(server.loop, "port", None)
+    if port is not None:
+        assert port.stray_completions == 0
+
+
+@pytest.mark.windows
+def test_the_iocp_streams_use_skip_on_success_and_respect_an_unsafe_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The IOCP backend's socket and pipes complete inline where skip is safe; a socket whose
+    base-handle check fails (an LSP, simulated) keeps its packets, and relays alike."""
+    import iocp.socket_io
+    from execsession.backends import open_loop
+
+    with ServerThread(python_child(ECHO)) as server:
+        data = random.Random(7).randbytes(1024 * 1024)
+        assert exchange(server.address, data) == data
+        server.wait_results(1)
+        loop = server.loop
+        assert loop.inline_completions > 0  # type: ignore[attr-defined]
+        assert loop.port.stray_completions == 0  # type: ignore[attr-defined]
+    monkeypatch.setattr(iocp.socket_io, "skip_is_safe", lambda handle: False)
+    loop = open_loop("iocp")
+    streams: list[object] = []
+    original = loop.socket_stream
+
+    def spy(sock: socket.socket) -> object:
+        stream = original(sock)
+        streams.append(stream)
+        return stream
+    monkeypatch.setattr(loop, "socket_stream", spy)
+    with ServerThread(python_child(ECHO), loop=loop) as server:
+        assert exchange(server.address, data) == data
+        server.wait_results(1)
+        assert loop.port.stray_completions == 0  # type: ignore[attr-defined]
+    assert streams and not streams[0].skip_on_success  # type: ignore[attr-defined]
+
+
+@pytest.mark.windows
+def test_inline_completions_cannot_starve_the_port() -> None:
+    """200 streams whose every request completes inline (simulated: each callback counts an
+    inline completion and schedules the next) and one packet waiting on the port: the loop
+    waits on the port once its inline budget is spent, so the packet is delivered within the
+    first iterations — without the budget only every 16th iteration would wait (DE6)."""
+    from execsession.backends import open_loop
+    from execsession.iocp_backend import INLINE_BUDGET
+    from iocp import Operation
+
+    loop = open_loop("iocp")
+    ran = 0
+    delivered_after: list[int] = []
+
+    class Owner:
+        def completed(self, operation: Operation) -> None:
+            delivered_after.append(ran)
+
+    def always_ready() -> None:
+        nonlocal ran
+        ran += 1
+        loop.inline_completed()  # type: ignore[attr-defined]
+        loop.call_soon(always_ready)
+
+    try:
+        for _ in range(200):
+            loop.call_soon(always_ready)
+        loop.port.post(9, operation=Operation(tag=Owner()))  # type: ignore[attr-defined]
+        assert loop.run(until=lambda: bool(delivered_after), timeout=WAIT)
+    finally:
+        loop.close()
+    assert delivered_after[0] <= 200 + INLINE_BUDGET  # one iteration's callbacks at most
