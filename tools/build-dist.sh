@@ -16,7 +16,7 @@ bash tools/build-speedups.sh optimized
 venv="$here/.cache/venv/bin"
 dist="$here/dist"
 rm -rf "$dist" "$here/build"
-mkdir -p "$dist"
+mkdir -p "$dist" "$here/.cache/logs"
 
 # No isolation: the venv has setuptools, wheel and build (the dev extra); on Linux setup.py adds no
 # extension, so the wheel is pure. Without --sdist/--wheel, build makes the sdist first and the

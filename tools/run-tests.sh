@@ -5,7 +5,8 @@
 #   dist                 make dist: the sdist, the pure wheel, the win_amd64 wheel with the
 #                        optimized speedups (tools/build-dist.sh; also cross-builds the speedups)
 #   linux-native         pytest with the Linux python against the pure wheel, installed with its
-#                        [test] extra in a fresh venv (Windows-only tests skip there, with a reason)
+#                        [test,speedups] extras in a fresh venv (Windows-only tests skip there,
+#                        with a reason)
 #   build-speedups       cross-builds the C speedups, Debug and optimized (tools/build-speedups.sh)
 #   wine-ctypes          pytest with the official Windows CPython 3.11 under Wine 8.0, pure ctypes,
 #                        on the source tree
@@ -13,9 +14,10 @@
 #   wine-cffi-optimized  the same suite against the win_amd64 wheel, installed by the Windows
 #                        python's own pip into a fresh target (it carries the optimized build), plus
 #                        the sdist built by that pip without a compiler (tests marked `dist`)
-# The two installed legs run a copy of tests/ from a folder that holds nothing else, with the
-# repository root off sys.path: a module missing from a wheel fails them
-# (tests/test_packaging.py checks where every package was imported from).
+# The two installed legs run copies of tests/ and speedups/ (the cffi builder, which test_speedups
+# reads; it ships in the sdist only) from a folder that holds nothing else, with the repository
+# root off sys.path: a module missing from a wheel fails them (tests/test_packaging.py checks
+# where every package was imported from).
 # Fails if any leg fails or if a Wine leg ran no test. In the Wine legs (NTAFD_WINDOWS_LEG=1)
 # tests/conftest.py turns the skip of any test meant for that leg into a failure, and
 # NTAFD_EXPECT_IMPLEMENTATION makes a leg that loaded another implementation (a cffi leg that
@@ -68,12 +70,12 @@ stage_tests() {  # stage_tests DIR: DIR holds copies of tests/, speedups/ and py
     ln -s "$here/.cache" "$1/.cache"
 }
 
-install_linux_wheel() {  # a fresh venv with the pure wheel and its [test] extra
+install_linux_wheel() {  # a fresh venv with the pure wheel and its [test,speedups] extras
     local leg=$wheel_legs/linux
     rm -rf "$leg/venv"; mkdir -p "$leg"
     python3 -m venv "$leg/venv" || return 1
     "$leg/venv/bin/pip" install -q --disable-pip-version-check \
-        "$(ls "$here"/dist/ntafd-*-py3-none-any.whl)[test]" || return 1
+        "$(ls "$here"/dist/ntafd-*-py3-none-any.whl)[test,speedups]" || return 1
     stage_tests "$leg/run"
 }
 
