@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 TAG = "cp311-cp311-win_amd64"
+USAGE = "python tools/win_wheel.py PURE.whl _ntafd_speedups.cp311-win_amd64.pyd CFFI_VERSION OUTDIR"
 
 
 def _record_hash(data: bytes) -> str:
@@ -98,7 +99,7 @@ def build(pure: Path, pyd: Path, cffi_version: str, outdir: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4:
-        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     pure, pyd, cffi_version, outdir = argv
     print(build(Path(pure), Path(pyd), cffi_version, Path(outdir)))
