@@ -37,6 +37,11 @@ from .selector import AfdSelector
 __all__ = ["AfdEventLoop"]
 
 
+def _set_result_unless_cancelled(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.set_result(None)
+
+
 class _LoopSelector(AfdSelector):
     """An :class:`AfdSelector` whose poller issues its polls on the loop's port.
 
@@ -111,6 +116,7 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         protocol = protocol_factory()
         assert isinstance(protocol, asyncio.Protocol)
         transport = ReadPipeTransport(self, self._port, pipe, protocol)
+        await self._connected(transport)
         return transport, protocol
 
     async def connect_write_pipe(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
@@ -118,7 +124,20 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         """Write to a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
         protocol = protocol_factory()
         transport = WritePipeTransport(self, self._port, pipe, protocol)
+        await self._connected(transport)
         return transport, protocol
+
+    async def _connected(self, transport: asyncio.BaseTransport) -> None:
+        """Return once ``connection_made`` has run (it was scheduled first): as the stdlib
+        loops' ``connect_*_pipe`` do, so a caller never holds a transport whose protocol has
+        not seen it yet."""
+        waiter = self.create_future()
+        self.call_soon(_set_result_unless_cancelled, waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
 
     # -- subprocesses --------------------------------------------------------------------
     async def _make_subprocess_transport(  # type: ignore[override]

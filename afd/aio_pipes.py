@@ -95,11 +95,15 @@ class _PipeTransport(asyncio.BaseTransport):
                 pass  # the handle is gone: the kernel cancels the request itself
 
     def _lose(self, exc: BaseException | None) -> None:
-        """Schedule ``connection_lost(exc)`` once, then close the pipe."""
+        """Schedule ``connection_lost(exc)`` once, then close the pipe (at once, without telling
+        the protocol, if the loop is already closed: a transport collected late)."""
         self._closing = True
         if self._lost:
             return
         self._lost = True
+        if self._loop.is_closed():
+            self._close_pipe()
+            return
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
@@ -246,6 +250,7 @@ class WritePipeTransport(_PipeTransport, asyncio.WriteTransport):
         self._low = 16 * 1024
         self._paused_protocol = False
         self._draining_to_close = False
+        self._eof_called = False
         loop.call_soon(protocol.connection_made, self)
 
     # -- flow control ----------------------------------------------------------------------
@@ -296,10 +301,11 @@ class WritePipeTransport(_PipeTransport, asyncio.WriteTransport):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not "
                             f"{type(data).__name__!r}")
-        if self._draining_to_close:
-            raise RuntimeError("write_eof() or close() already called")
+        if self._eof_called:
+            raise RuntimeError("Cannot call write() after write_eof()")
         if self._closing or not data:
-            return  # aborted or lost: asyncio transports drop such writes
+            return  # closed, aborted or lost: asyncio transports drop such writes (drain()
+            # then raises ConnectionResetError once connection_lost was called)
         if self._write_op is None:
             self._start(bytes(data))
         else:
@@ -335,10 +341,25 @@ class WritePipeTransport(_PipeTransport, asyncio.WriteTransport):
             return
         self._maybe_resume_protocol()
 
+    def reader_closed(self) -> None:
+        """The pipe's reader is known to be gone (the child process exited): nothing can be
+        written any more. With a write in flight this is a broken pipe, otherwise a close.
+        (A child's stdin is a one-way pipe, so unlike the Proactor loop's duplex pipes its
+        reader's close cannot be watched by a read: the loop calls this on the child's exit.)"""
+        if self._lost:
+            return
+        if self._write_op is not None or self._buffer:
+            self._abort(BrokenPipeError("the pipe's reader closed"))
+        else:
+            self._closing = True
+            self._draining_to_close = True
+            self._lose(None)
+
     def can_write_eof(self) -> bool:
         return True
 
     def write_eof(self) -> None:
+        self._eof_called = True
         self.close()  # a pipe's end of data is its writer closing
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from iocp import Handle, create_pipe
 from ntdll import functions as nt
 from ntdll.structures import JOBOBJECT_EXTENDED_LIMIT_INFORMATION
 
+from .aio_pipes import WritePipeTransport
 from .aio_port import JOB_KEY, LoopPort
 
 __all__ = ["BACKSTOP_SECONDS", "ChildWatcher", "SubprocessTransport"]
@@ -210,7 +211,27 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             self._backstop = self._loop.call_later(BACKSTOP_SECONDS, self._check_exit)
             return
         self._loop._children.forget(self)
+        self._stdin_reader_closed()
         self._process_exited(returncode)
+
+    def _stdin_reader_closed(self) -> None:
+        """The child exited: nothing reads its stdin any more. (A Proactor loop sees this with
+        a read on its duplex stdin pipe; ours is one-way, so the exit tells.)"""
+        stdin = self._pipes.get(0)
+        pipe = getattr(stdin, "pipe", None)
+        if isinstance(pipe, WritePipeTransport):
+            pipe.reader_closed()
+
+    async def _connect_pipes(self, waiter: asyncio.Future[Any] | None) -> None:
+        await super()._connect_pipes(waiter)  # type: ignore[misc]
+        if self._closed:
+            # Closed while connecting: close() saw no pipe yet, so it closed none.
+            for proto in self._pipes.values():
+                pipe = getattr(proto, "pipe", None)
+                if pipe is not None:
+                    pipe.close()
+        elif self._returncode is not None:
+            self._stdin_reader_closed()  # it exited before its stdin was connected
 
     def close(self) -> None:
         super().close()
