@@ -40,6 +40,10 @@ if bash tools/build-speedups.sh optimized; then
 else
     failed+=("speedups (not built)")
 fi
+# wineserver requests per echo round trip, server side, every echo subject (Linux drives Wine).
+echo "=== bench wine_requests (Linux client, Wine server): python -m bench.wine_requests"
+"$here/.cache/venv/bin/python" -m bench.wine_requests --round-trips 1000 \
+    --json "$results/wine_requests.json" || failed+=(wine_requests)
 wine_bench exec_relay-wine bench.exec_relay
 linux_bench exec_relay-linux bench.exec_relay
 
