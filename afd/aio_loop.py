@@ -81,12 +81,12 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         return self._port
 
     def _process_events(self, event_list: Any) -> None:
-        super()._process_events(event_list)
+        super()._process_events(event_list)  # type: ignore[misc]
         for completion in self._port.take():
             if completion.key == IO_KEY:
                 operation = completion.operation
                 if operation is not None and operation.tag is not None:
-                    self._call_soon(operation.tag._completed, (operation,), None)
+                    self.call_soon(operation.tag._completed, operation)
             elif completion.key == JOB_KEY:
                 self._children.message(completion.information, completion.apc_context)
 
@@ -110,7 +110,8 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
             signal.set_wakeup_fd(previous)
 
     # -- pipes ---------------------------------------------------------------------------
-    async def connect_read_pipe(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+    async def connect_read_pipe(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol],
                                 pipe: Any) -> tuple[asyncio.ReadTransport, asyncio.BaseProtocol]:
         """Read from a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
         protocol = protocol_factory()
@@ -119,7 +120,8 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         await self._connected(transport)
         return transport, protocol
 
-    async def connect_write_pipe(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+    async def connect_write_pipe(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol],
                                  pipe: Any) -> tuple[asyncio.WriteTransport, asyncio.BaseProtocol]:
         """Write to a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
         protocol = protocol_factory()
@@ -140,7 +142,7 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
             raise
 
     # -- subprocesses --------------------------------------------------------------------
-    async def _make_subprocess_transport(  # type: ignore[override]
+    async def _make_subprocess_transport(
             self, protocol: asyncio.SubprocessProtocol, args: Any, shell: bool, stdin: Any,
             stdout: Any, stderr: Any, bufsize: int, extra: dict[str, Any] | None = None,
             **kwargs: Any) -> asyncio.SubprocessTransport:

@@ -67,8 +67,7 @@ class _PipeTransport(asyncio.BaseTransport):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, port: LoopPort, pipe: Any,
                  protocol: asyncio.BaseProtocol, extra: dict[str, Any] | None) -> None:
-        super().__init__(extra)
-        self._extra["pipe"] = pipe
+        super().__init__({**(extra or {}), "pipe": pipe})
         self._loop = loop
         self._port = port
         self._pipe = pipe
@@ -94,7 +93,7 @@ class _PipeTransport(asyncio.BaseTransport):
             except OSError:
                 pass  # the handle is gone: the kernel cancels the request itself
 
-    def _lose(self, exc: BaseException | None) -> None:
+    def _lose(self, exc: Exception | None) -> None:
         """Schedule ``connection_lost(exc)`` once, then close the pipe (at once, without telling
         the protocol, if the loop is already closed: a transport collected late)."""
         self._closing = True
@@ -106,7 +105,7 @@ class _PipeTransport(asyncio.BaseTransport):
             return
         self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
+    def _call_connection_lost(self, exc: Exception | None) -> None:
         try:
             self._protocol.connection_lost(exc)
         finally:
@@ -123,14 +122,14 @@ class _PipeTransport(asyncio.BaseTransport):
             from ntdll import functions as nt
             nt.CloseHandle(pipe)
 
-    def _fatal_error(self, exc: BaseException, message: str) -> None:
+    def _fatal_error(self, exc: Exception, message: str) -> None:
         if not isinstance(exc, OSError) or self._loop.get_debug():
             self._loop.call_exception_handler({
                 "message": message, "exception": exc, "transport": self,
                 "protocol": self._protocol})
         self._abort(exc)
 
-    def _abort(self, exc: BaseException | None) -> None:
+    def _abort(self, exc: Exception | None) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -227,14 +226,15 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
         self._cancel(self._read_op)
         self._lose(None)
 
-    def _abort(self, exc: BaseException | None) -> None:
+    def _abort(self, exc: Exception | None) -> None:
         self._cancel(self._read_op)
         self._lose(exc)
 
     def __del__(self) -> None:
         if getattr(self, "_pipe", None) is not None and not getattr(self, "_closing", True):
             import warnings
-            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self,
+                          stacklevel=2)
 
 
 class WritePipeTransport(_PipeTransport, asyncio.WriteTransport):
@@ -373,7 +373,7 @@ class WritePipeTransport(_PipeTransport, asyncio.WriteTransport):
     def abort(self) -> None:
         self._abort(None)
 
-    def _abort(self, exc: BaseException | None) -> None:
+    def _abort(self, exc: Exception | None) -> None:
         self._draining_to_close = False
         self._buffer.clear()
         self._cancel(self._write_op)
@@ -382,4 +382,5 @@ class WritePipeTransport(_PipeTransport, asyncio.WriteTransport):
     def __del__(self) -> None:
         if getattr(self, "_pipe", None) is not None and not getattr(self, "_closing", True):
             import warnings
-            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self,
+                          stacklevel=2)

@@ -24,6 +24,7 @@ import asyncio
 import ctypes
 import os
 import subprocess
+import sys
 from asyncio import base_subprocess
 from typing import Any
 
@@ -125,6 +126,8 @@ class ChildWatcher:
 
 def _fd_for(handle: Handle, flags: int) -> int:
     """A C runtime fd owning ``handle`` (what ``subprocess`` takes for a child's end)."""
+    if sys.platform != "win32":
+        raise NotImplementedError("child pipes are made on Windows only")
     import msvcrt
 
     value = handle.detach()
@@ -223,7 +226,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             pipe.reader_closed()
 
     async def _connect_pipes(self, waiter: asyncio.Future[Any] | None) -> None:
-        await super()._connect_pipes(waiter)  # type: ignore[misc]
+        await super()._connect_pipes(waiter)
         if self._closed:
             # Closed while connecting: close() saw no pipe yet, so it closed none.
             for proto in self._pipes.values():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import selectors
 import sys
 import time
@@ -175,7 +176,7 @@ def _threads_subprocess_cat() -> float:
     writer = threading.Thread(target=send, daemon=True)
     writer.start()
     received = 0
-    while data := stdout.read1(CHUNK):
+    while data := os.read(stdout.fileno(), CHUNK):
         received += len(data)
     writer.join(60)
     elapsed = time.perf_counter() - started
@@ -439,7 +440,8 @@ def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
                             lambda runner=runner, body=body: runner(body), runs)  # type: ignore[misc]
         if case == "subprocess cat":
             results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]
-                            _threads_subprocess_cat, runs, note="subprocess.Popen + a writer thread")
+                            _threads_subprocess_cat, runs,
+                            note="subprocess.Popen + a writer thread")
             results.ratios("echo", case, OURS)
             continue
         results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ import pytest
 
 from afd import asyncio_loop
 
+Runner: Any = getattr(asyncio, "Runner", None)  # Python 3.11+ (the Wine legs run 3.11)
+
 pytestmark = pytest.mark.windows
 
 PY = sys.executable
@@ -27,7 +29,7 @@ CAT = "import shutil, sys; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffe
 def run(main: Callable[[], Awaitable[Any]], timeout: float = 120) -> Any:
     """Run ``main()`` on a fresh AfdEventLoop the modern way (asyncio.Runner + loop_factory);
     ``timeout`` only bounds a hang."""
-    with asyncio.Runner(loop_factory=asyncio_loop.new_event_loop) as runner:
+    with Runner(loop_factory=asyncio_loop.new_event_loop) as runner:
         return runner.run(asyncio.wait_for(main(), timeout))
 
 
@@ -51,7 +53,7 @@ def test_the_loop_is_a_selector_loop_on_one_port() -> None:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, AfdEventLoop)
         assert isinstance(loop, asyncio.SelectorEventLoop)
-        port = loop.port  # type: ignore[attr-defined]
+        port = loop.port
         poller = loop._selector._poller  # type: ignore[attr-defined]
         assert poller._port is port
         assert all(group.helper.port is port for group in poller._groups)
@@ -327,7 +329,7 @@ def test_ctrl_c_during_run_until_complete() -> None:
         await asyncio.sleep(3600)
 
     with pytest.raises(KeyboardInterrupt):
-        with asyncio.Runner(loop_factory=asyncio_loop.new_event_loop) as runner:
+        with Runner(loop_factory=asyncio_loop.new_event_loop) as runner:
             runner.run(sleeper())
 
 

@@ -89,8 +89,7 @@ def test_cpython_asyncio_suite(suite: str) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     completed = subprocess.run(
         [sys.executable, "-m", "tests.asyncio_conformance", suite, directory], cwd=root,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        timeout=TIMEOUT)
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT)
     lines = completed.stdout.decode("utf-8", "replace").strip().splitlines()
     assert completed.returncode == 0 and lines, (
         f"runner exit {completed.returncode}: "
