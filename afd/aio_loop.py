@@ -48,7 +48,7 @@ class _LoopSelector(AfdSelector):
     ``AfdPoller`` makes its own port and has no parameter for another one yet, so the port is
     swapped right after construction, before any socket is registered (its helper handles, which
     are associated with the port, are made at the first registration).
-    ``tests/test_aio_loop.py::test_one_port_for_everything`` checks this.
+    ``tests/test_aio_loop.py::test_the_loop_is_a_selector_loop_on_one_port`` checks this.
     """
 
     def __init__(self, port: LoopPort) -> None:
@@ -111,8 +111,8 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
 
     # -- pipes ---------------------------------------------------------------------------
     async def connect_read_pipe(  # type: ignore[override]
-            self, protocol_factory: Callable[[], asyncio.BaseProtocol],
-                                pipe: Any) -> tuple[asyncio.ReadTransport, asyncio.BaseProtocol]:
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any,
+    ) -> tuple[asyncio.ReadTransport, asyncio.BaseProtocol]:
         """Read from a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
         protocol = protocol_factory()
         assert isinstance(protocol, asyncio.Protocol)
@@ -121,8 +121,8 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         return transport, protocol
 
     async def connect_write_pipe(  # type: ignore[override]
-            self, protocol_factory: Callable[[], asyncio.BaseProtocol],
-                                 pipe: Any) -> tuple[asyncio.WriteTransport, asyncio.BaseProtocol]:
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any,
+    ) -> tuple[asyncio.WriteTransport, asyncio.BaseProtocol]:
         """Write to a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
         protocol = protocol_factory()
         transport = WritePipeTransport(self, self._port, pipe, protocol)
