@@ -346,3 +346,39 @@ def test_policy_for_python_3_10_and_3_11() -> None:
     finally:
         asyncio.set_event_loop_policy(previous)
 
+
+
+def test_a_failing_spawn_leaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The property CPython's test_popen_error checks on the Proactor loop's spawner, on ours:
+    Popen raising (with and without a stdin pipe) propagates the error, warns nothing, and
+    closes every pipe handle made for the child."""
+    import warnings
+
+    from afd import aio_subprocess
+
+    from .support import process_handle_count
+
+    def failing_popen(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("no child")
+
+    async def attempt(stdin: Any) -> None:
+        with pytest.raises(ZeroDivisionError):
+            await asyncio.create_subprocess_exec(PY, "-c", "pass", stdin=stdin,
+                                                 stdout=asyncio.subprocess.PIPE)
+
+    async def main() -> None:
+        for stdin in (None, asyncio.subprocess.PIPE):
+            await attempt(stdin)
+        gc.collect()
+        before = process_handle_count()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(20):
+                for stdin in (None, asyncio.subprocess.PIPE):
+                    await attempt(stdin)
+            gc.collect()
+        assert [str(w.message) for w in caught] == []
+        assert process_handle_count() - before <= 2
+
+    monkeypatch.setattr(aio_subprocess.subprocess, "Popen", failing_popen)
+    run(main)
