@@ -149,7 +149,12 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
         self._paused = False
         self._held: bytes | None = None  # read while paused
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._read)
+
+    def start_reading(self) -> None:
+        """Issue the first read: called once the caller holds the transport (a read that finds
+        the pipe already broken calls ``connection_lost`` at once, which must not come before
+        ``connect_read_pipe`` has returned; ``asyncio.base_subprocess`` relies on it)."""
+        self._loop.call_soon(self._read)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         assert isinstance(protocol, asyncio.Protocol)

@@ -52,6 +52,11 @@ class LoopPort(CompletionPort):
         others.append(_WAKE)  # the poller's wait ends: the loop has work
         return others
 
+    @property
+    def has_diverted(self) -> bool:
+        """Whether completions of the loop's own are waiting for :meth:`take`."""
+        return bool(self._diverted)
+
     def take(self) -> list[Completion]:
         """The loop's own completions dequeued since the last call, oldest first."""
         diverted, self._diverted = self._diverted, []

@@ -352,9 +352,8 @@ def test_a_failing_spawn_leaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The property CPython's test_popen_error checks on the Proactor loop's spawner, on ours:
     Popen raising (with and without a stdin pipe) propagates the error, warns nothing, and
     closes every pipe handle made for the child."""
+    import subprocess
     import warnings
-
-    from afd import aio_subprocess
 
     from .support import process_handle_count
 
@@ -380,5 +379,51 @@ def test_a_failing_spawn_leaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         assert [str(w.message) for w in caught] == []
         assert process_handle_count() - before <= 2
 
-    monkeypatch.setattr(aio_subprocess.subprocess, "Popen", failing_popen)
+    monkeypatch.setattr(subprocess, "Popen", failing_popen)  # as afd.aio_subprocess calls it
+    run(main)
+
+
+def test_io_is_seen_while_callbacks_keep_the_loop_busy() -> None:
+    """The loop skips a few zero-timeout polls after one that found I/O (MAX_SKIPPED_POLLS),
+    never all: a task spinning on sleep(0) cannot starve sockets, pipes or children."""
+    from iocp import create_pipe
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        spinning = True
+        spins = 0
+
+        async def spin() -> None:
+            nonlocal spins
+            while spinning:
+                spins += 1
+                await asyncio.sleep(0)
+
+        spinner = asyncio.create_task(spin())
+        server = await asyncio.start_server(echo_once, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            for _ in range(50):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+                writer.close()
+        read_end, write_end = create_pipe()
+        pipe_reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(pipe_reader), read_end)
+        transport, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, write_end)
+        for index in range(50):
+            transport.write(b"%d;" % index)
+            await pipe_reader.readuntil(b";")
+        transport.close()
+        child = await asyncio.create_subprocess_exec(PY, "-c", "pass")
+        assert await child.wait() == 0
+        spinning = False
+        await spinner
+        assert spins > 100
+
+    async def echo_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(4))
+        writer.close()
+
     run(main)
