@@ -219,10 +219,9 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
     def _end_of_data(self) -> None:
         if self._closing:
             return
-        keep_open = self._reading_protocol.eof_received()
-        if keep_open:
-            # A pipe is one-way: nothing more can come, so the transport closes anyway.
-            pass
+        # Whatever eof_received() returns, the transport closes: a pipe is one-way, so after
+        # its end nothing can be read or written on it (as the stdlib's pipe transports).
+        self._reading_protocol.eof_received()
         self._lose(None)
 
     def close(self) -> None:
