@@ -134,10 +134,15 @@ class AfdPoller:
     thread is blocked in :meth:`poll`; :meth:`wakeup` ends such a wait, :meth:`close` too.
     """
 
-    def __init__(self, group_size: int = GROUP_SIZE) -> None:
+    def __init__(self, group_size: int = GROUP_SIZE, *,
+                 port: CompletionPort | None = None) -> None:
+        """``port``: the completion port to issue the polls on (the poller takes it over and
+        closes it in :meth:`close`); a new one by default. An event loop that completes its
+        own I/O on the same port passes a port that keeps those completions for itself (see
+        ``afd.aio_port``): the poller acts only on its AFD polls and wake-ups."""
         if group_size < 1:
             raise ValueError(f"group_size must be at least 1, not {group_size}")
-        self._port = CompletionPort()
+        self._port = CompletionPort() if port is None else port
         self._groups = PollGroups(self._port, _HELPER_KEY, group_size)
         self._lock = threading.RLock()
         self._registered: dict[int, _Registration] = {}

@@ -31,6 +31,8 @@ import selectors
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from iocp import CompletionPort
+
 from .events import PollEvents
 from .poller import AfdPoller, PollerClosedError
 
@@ -107,8 +109,9 @@ class _KeyMap(Mapping[Any, selectors.SelectorKey]):
 class AfdSelector(selectors.BaseSelector):
     """A ``selectors`` selector for sockets, on AFD polls and an I/O completion port."""
 
-    def __init__(self) -> None:
-        self._poller = AfdPoller()
+    def __init__(self, *, port: CompletionPort | None = None) -> None:
+        """``port``: as :class:`AfdPoller`'s (taken over; a new one by default)."""
+        self._poller = AfdPoller(port=port)
         self._keys: dict[int, selectors.SelectorKey] = {}
         self._map: _KeyMap | None = _KeyMap(self)
 

@@ -1,6 +1,7 @@
-"""TCP echo on 127.0.0.1: asyncio on AfdSelector against asyncio's Proactor loop, asyncio on
-``select()`` (SelectSelector), trio (each running its own server and clients in one loop) and
-blocking sockets with a thread per connection.
+"""TCP echo on 127.0.0.1: ntafd's ``AfdEventLoop`` against asyncio's ``SelectorEventLoop`` on
+``AfdSelector`` (what ``afd.asyncio_loop`` gave before it), asyncio's Proactor loop, asyncio on
+``select()`` (SelectSelector), winloop (libuv) and trio (each running its own server and
+clients in one loop) and blocking sockets with a thread per connection.
 
 Cases (each figure the median of ``--runs`` runs, every run bounded in time and count):
 
@@ -8,7 +9,13 @@ Cases (each figure the median of ``--runs`` runs, every run bounded in time and 
 - ``streaming``: one connection, 64 KiB writes echoed back while the client keeps writing,
   MB/s of echoed data;
 - ``1000 connections``: 1,000 clients connect at once and do 3 round trips each, seconds for
-  all of it. ``select()`` cannot take 2,000 sockets: that figure is its error.
+  all of it. ``select()`` cannot take 2,000 sockets: that figure is its error;
+- ``subprocess cat``: 16 MiB written to a Python ``cat`` child's stdin while its stdout is
+  read, MB/s (the loops with subprocesses, and ``subprocess.Popen`` with two threads).
+
+``--serve-once SUBJECT`` serves one echo connection and exits (it prints the port first):
+``bench/echo_requests.py`` drives it from Linux under ``wine-requests`` to count wineserver
+requests per round trip.
 
 asyncio subjects use the streams API (what applications use). Run: ``tools/winpy -m
 bench.echo`` (``make bench`` runs every benchmark).
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import selectors
 import sys
 import time
@@ -35,7 +43,9 @@ STREAM_BYTES = 16 * 1024 * 1024
 STREAM_SECONDS = 10.0
 CONNECTIONS = 1000
 ROUND_TRIPS = 3
-OURS = "asyncio+AfdSelector"
+OURS = "AfdEventLoop"
+SUBPROCESS_BYTES = 16 * 1024 * 1024
+CAT = "import shutil, sys; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffer, 65536)"
 
 
 # -- asyncio ---------------------------------------------------------------------------------
@@ -117,6 +127,62 @@ async def _asyncio_many() -> float:
 
         await asyncio.wait_for(asyncio.gather(*(client() for _ in range(CONNECTIONS))), 120)
         return time.perf_counter() - started
+
+
+async def _asyncio_subprocess_cat() -> float:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CAT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    stdin, stdout = process.stdin, process.stdout
+    chunk = b"c" * CHUNK
+    started = time.perf_counter()
+
+    async def send() -> None:
+        for _ in range(SUBPROCESS_BYTES // CHUNK):
+            stdin.write(chunk)
+            await stdin.drain()
+        stdin.close()
+
+    async def receive() -> int:
+        received = 0
+        while data := await stdout.read(CHUNK):
+            received += len(data)
+        return received
+
+    _, received = await asyncio.wait_for(asyncio.gather(send(), receive()), 120)
+    elapsed = time.perf_counter() - started
+    assert received == SUBPROCESS_BYTES, received
+    await process.wait()
+    return received / elapsed / 1e6
+
+
+def _threads_subprocess_cat() -> float:
+    """The same with ``subprocess.Popen`` and a writer thread (the reader is this thread)."""
+    import subprocess
+    import threading
+
+    process = subprocess.Popen([sys.executable, "-c", CAT], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    stdin, stdout = process.stdin, process.stdout
+    chunk = b"c" * CHUNK
+    started = time.perf_counter()
+
+    def send() -> None:
+        for _ in range(SUBPROCESS_BYTES // CHUNK):
+            stdin.write(chunk)
+        stdin.close()
+
+    writer = threading.Thread(target=send, daemon=True)
+    writer.start()
+    received = 0
+    while data := os.read(stdout.fileno(), CHUNK):
+        received += len(data)
+    writer.join(60)
+    elapsed = time.perf_counter() - started
+    assert received == SUBPROCESS_BYTES, received
+    process.wait(60)
+    return received / elapsed / 1e6
 
 
 def _asyncio_runner(make_loop: Callable[[], asyncio.AbstractEventLoop]
@@ -323,17 +389,34 @@ CASES: dict[str, tuple[str, str, Any]] = {
     "ping-pong": ("round trips/s", "higher", _asyncio_ping_pong),
     "streaming": ("MB/s", "higher", _asyncio_streaming),
     "1000 connections": ("s", "lower", _asyncio_many),
+    "subprocess cat": ("MB/s", "higher", _asyncio_subprocess_cat),
 }
+NO_SUBPROCESSES = ("asyncio+AfdSelector", "asyncio SelectSelector")
+
+
+def _winloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import winloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = winloop.new_event_loop
+    return factory
 
 
 def asyncio_subjects() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    from afd import AfdSelector
     from afd.asyncio_loop import new_event_loop
 
-    return {
+    subjects: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
         OURS: new_event_loop,
+        "asyncio+AfdSelector": lambda: asyncio.SelectorEventLoop(AfdSelector()),
         "asyncio Proactor": asyncio.ProactorEventLoop,  # type: ignore[attr-defined,unused-ignore]
         "asyncio SelectSelector": lambda: asyncio.SelectorEventLoop(selectors.SelectSelector()),
     }
+    winloop = _winloop_factory()
+    if winloop is not None:
+        subjects["winloop"] = winloop
+    return subjects
 
 
 def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
@@ -342,6 +425,10 @@ def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
         unit, better, body = CASES[case]
         for subject, make_loop in asyncio_subjects().items():
             runner = _asyncio_runner(make_loop)
+            if case == "subprocess cat" and subject in NO_SUBPROCESSES:
+                results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
+                                    "no subprocesses (a selector loop on Windows)")
+                continue
             if case == "1000 connections" and subject == "asyncio SelectSelector":
                 try:
                     runner(body)
@@ -351,6 +438,12 @@ def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
                     continue
             results.measure("echo", case, subject, unit, better,  # type: ignore[arg-type]
                             lambda runner=runner, body=body: runner(body), runs)  # type: ignore[misc]
+        if case == "subprocess cat":
+            results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]
+                            _threads_subprocess_cat, runs,
+                            note="subprocess.Popen + a writer thread")
+            results.ratios("echo", case, OURS)
+            continue
         results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]
                         lambda case=case: _threads_case(case), runs,  # type: ignore[misc]
                         note="a thread per connection")
@@ -364,6 +457,53 @@ def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
         results.ratios("echo", case, OURS)
 
 
+# -- one connection, for counting wineserver requests ----------------------------------------
+def serve_once(subject: str) -> None:
+    """Serve one echo connection with ``subject`` (an asyncio subject, ``blocking threads`` or
+    ``trio``), printing ``PORT <n>`` first; return when the client closes."""
+    if subject == "blocking threads":
+        import socket
+
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            print(f"PORT {listener.getsockname()[1]}", flush=True)
+            conn, _ = listener.accept()
+            with conn:
+                while data := conn.recv(CHUNK):
+                    conn.sendall(data)
+        return
+    if subject == "trio":
+        trio = import_trio()
+
+        async def trio_main() -> None:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            print(f"PORT {listeners[0].socket.getsockname()[1]}", flush=True)
+            stream = await listeners[0].accept()
+            while data := await stream.receive_some(CHUNK):
+                await stream.send_all(data)
+            await stream.aclose()
+            await listeners[0].aclose()
+
+        trio.run(trio_main)
+        return
+    make_loop = asyncio_subjects()[subject]
+
+    async def asyncio_main() -> None:
+        done = asyncio.get_running_loop().create_future()
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _asyncio_echo(reader, writer)
+            done.set_result(None)
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
+        async with server:
+            await done
+
+    _asyncio_runner(make_loop)(asyncio_main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -371,10 +511,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--case", choices=list(CASES), action="append",
                         help="run only these cases (default: all)")
     parser.add_argument("--json", help="write the raw results to this file")
+    parser.add_argument("--serve-once", metavar="SUBJECT",
+                        help="serve one echo connection with SUBJECT and exit")
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if sys.platform != "win32":
         print("bench.echo compares Windows event loops: run it with tools/winpy -m bench.echo")
         return 2
+    if arguments.serve_once:
+        serve_once(arguments.serve_once)
+        return 0
     results = Results("echo")
     run_all(results, arguments.runs, arguments.case or list(CASES))
     results.write(arguments.json)

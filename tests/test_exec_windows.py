@@ -56,3 +56,31 @@ def test_a_job_reports_its_processes_on_a_port() -> None:
     exited = {pid for message, pid in messages if message == JOB_OBJECT_MSG_EXIT_PROCESS}
     assert exited == pids
     assert messages[-1] == (JOB_OBJECT_MSG_ACTIVE_PROCESS_ZERO, 0)
+
+
+@pytest.mark.windows
+def test_createprocess_internal_error_is_tried_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WE3: Wine's CreateProcess rarely fails with ERROR_INTERNAL_ERROR (1359) under load; the
+    spawn tries once more, and a second 1359 (or any other error) is raised as it is."""
+    import subprocess
+
+    from execsession import iocp_child
+
+    real = subprocess.Popen
+    failures = [2]
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError(None, "CreateProcess: Internal error", None, 1359)
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "Popen", flaky)
+    failures[0] = 1
+    process = iocp_child._popen(["cmd.exe", "/c", "exit 3"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL)
+    assert process.wait(30) == 3
+    failures[0] = 2
+    with pytest.raises(OSError) as raised:
+        iocp_child._popen(["cmd.exe", "/c", "exit 3"])
+    assert raised.value.winerror == 1359

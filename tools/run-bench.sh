@@ -40,6 +40,10 @@ if bash tools/build-speedups.sh optimized; then
 else
     failed+=("speedups (not built)")
 fi
+# wineserver requests per echo round trip, server side, every echo subject (Linux drives Wine).
+echo "=== bench echo_requests (Linux client, Wine server): python -m bench.echo_requests"
+"$here/.cache/venv/bin/python" -m bench.echo_requests --round-trips 1000 \
+    --json "$results/echo_requests.json" || failed+=(echo_requests)
 wine_bench exec_relay-wine bench.exec_relay
 # Wineserver requests per MiB and per round trip of each Wine exec server (N vs 2N operations,
 # each a Wine session of its own under ../shared/tools/wine-requests): driven from Linux.

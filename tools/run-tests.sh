@@ -27,6 +27,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash tools/install-linux.sh || exit 1
 bash tools/install-wine-python.sh || exit 1
+# CPython's asyncio tests for the conformance run of the Wine legs (tests/test_asyncio_conformance.py).
+bash tools/install-cpython-tests.sh || exit 1
 venv="$here/.cache/venv/bin"
 logs="$here/.cache/logs"
 mkdir -p "$logs"

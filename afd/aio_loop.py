@@ -1,0 +1,197 @@
+"""``AfdEventLoop``: one asyncio loop with ``add_reader`` for any number of sockets, subprocesses
+and pipes, all on one completion port.
+
+It is an ``asyncio.SelectorEventLoop`` (libraries such as aiodns and psycopg check that) whose
+selector is an :class:`~afd.AfdSelector` running on the loop's :class:`~afd.aio_port.LoopPort`:
+
+- ``add_reader`` / ``add_writer`` and the socket transports, servers and ``sock_*`` methods are
+  the selector loop's, on AFD polls (no 512-socket ceiling);
+- ``connect_read_pipe`` / ``connect_write_pipe`` and the pipes of ``subprocess_exec`` /
+  ``subprocess_shell`` are overlapped ``ReadFile`` / ``WriteFile`` completing on the same port
+  (``afd.aio_pipes``), and children's exits are job-object messages on it
+  (``afd.aio_subprocess``);
+- ``call_soon_threadsafe`` posts a packet to the port (one ``NtSetIoCompletion``) instead of
+  writing to the self-pipe socket; the self-pipe stays only as the ``signal.set_wakeup_fd`` of
+  ``run_forever`` in the main thread, so Ctrl-C ends a wait at once.
+
+Socket transports: ``_make_socket_transport`` / ``_make_ssl_transport`` are the selector
+loop's (readiness). They are the one place to change to move sockets to completion-based
+receive/send, once ``iocp`` has overlapped socket primitives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from iocp import WAKEUP_KEY, Completion, PortClosedError
+
+from .aio_pipes import ReadPipeTransport, WritePipeTransport
+from .aio_port import IO_KEY, JOB_KEY, LoopPort
+from .aio_subprocess import ChildWatcher, SubprocessTransport
+from .selector import AfdSelector
+
+__all__ = ["MAX_SKIPPED_POLLS", "AfdEventLoop"]
+
+MAX_SKIPPED_POLLS = 4
+"""Zero-timeout polls skipped in a row after a dequeue that found something (so ready callbacks
+that keep scheduling callbacks still see new I/O every few iterations)."""
+
+
+def _set_result_unless_cancelled(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.set_result(None)
+
+
+class _LoopSelector(AfdSelector):
+    """An :class:`AfdSelector` whose poller issues its polls on the loop's port (it takes the
+    port over and closes it with the selector).
+    ``tests/test_aio_loop.py::test_the_loop_is_a_selector_loop_on_one_port`` checks this.
+    """
+
+    def __init__(self, port: LoopPort) -> None:
+        super().__init__(port=port)
+        self._polls_skipped = 0
+        self._just_dequeued = False
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """As :meth:`AfdSelector.select`, except that a zero-timeout call right after a call
+        that dequeued something returns ``[]`` without asking the kernel, at most
+        :data:`MAX_SKIPPED_POLLS` times in a row: the loop asks with timeout 0 whenever callbacks
+        are ready, which after a batch of I/O is nearly always, and under Wine each ask is a
+        wineserver round trip that rarely finds anything new (ACTIVE_KB A9). Completions are
+        never lost by a skip: they stay queued on the port for the next call."""
+        if (timeout is not None and timeout <= 0 and self._just_dequeued
+                and self._polls_skipped < MAX_SKIPPED_POLLS):
+            self._polls_skipped += 1
+            return []
+        self._polls_skipped = 0
+        ready = super().select(timeout)
+        self._just_dequeued = bool(ready) or self._port_took()
+        return ready
+
+    def _port_took(self) -> bool:
+        port = self._poller._port
+        return isinstance(port, LoopPort) and port.has_diverted
+
+
+class AfdEventLoop(asyncio.SelectorEventLoop):
+    """An asyncio event loop for Windows on one I/O completion port: ``add_reader`` /
+    ``add_writer`` for any number of sockets (AFD polls), subprocesses and pipes (overlapped
+    I/O), immediate wake-ups for Ctrl-C and ``call_soon_threadsafe``."""
+
+    def __init__(self) -> None:
+        self._port = LoopPort()
+        try:
+            selector = _LoopSelector(self._port)
+        except BaseException:
+            self._port.close()
+            raise
+        self._children = ChildWatcher(self._port)
+        super().__init__(selector)
+
+    # -- the one port --------------------------------------------------------------------
+    @property
+    def port(self) -> LoopPort:
+        """The loop's completion port (every request the loop issues completes there)."""
+        return self._port
+
+    def _process_events(self, event_list: Any) -> None:
+        super()._process_events(event_list)  # type: ignore[misc]
+        self._port.dispatch(self._dispatch)
+
+    def _dispatch(self, completion: Completion) -> None:
+        if completion.key == IO_KEY:
+            operation = completion.operation
+            if operation is not None and operation.tag is not None:
+                self.call_soon(operation.tag._completed, operation)
+        elif completion.key == JOB_KEY:
+            self._children.message(completion.information, completion.apc_context)
+
+    def _write_to_self(self) -> None:
+        """Wake the loop (from any thread): one packet on the port, no socket round trip."""
+        try:
+            self._port.wakeup()
+        except (PortClosedError, OSError):
+            pass  # closed: nothing to wake
+
+    def run_forever(self) -> None:
+        """Run until ``stop()``; in the main thread, a signal (Ctrl-C) wakes the wait at once."""
+        csock = getattr(self, "_csock", None)
+        if csock is None or threading.current_thread() is not threading.main_thread():
+            super().run_forever()
+            return
+        previous = signal.set_wakeup_fd(csock.fileno(), warn_on_full_buffer=False)
+        try:
+            super().run_forever()
+        finally:
+            signal.set_wakeup_fd(previous)
+
+    # -- pipes ---------------------------------------------------------------------------
+    async def connect_read_pipe(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any,
+    ) -> tuple[asyncio.ReadTransport, asyncio.BaseProtocol]:
+        """Read from a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
+        protocol = protocol_factory()
+        assert isinstance(protocol, asyncio.Protocol)
+        transport = ReadPipeTransport(self, self._port, pipe, protocol)
+        await self._connected(transport)
+        transport.start_reading()
+        return transport, protocol
+
+    async def connect_write_pipe(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any,
+    ) -> tuple[asyncio.WriteTransport, asyncio.BaseProtocol]:
+        """Write to a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
+        protocol = protocol_factory()
+        transport = WritePipeTransport(self, self._port, pipe, protocol)
+        await self._connected(transport)
+        return transport, protocol
+
+    async def _connected(self, transport: asyncio.BaseTransport) -> None:
+        """Return once ``connection_made`` has run (it was scheduled first): as the stdlib
+        loops' ``connect_*_pipe`` do, so a caller never holds a transport whose protocol has
+        not seen it yet."""
+        waiter = self.create_future()
+        self.call_soon(_set_result_unless_cancelled, waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+
+    # -- subprocesses --------------------------------------------------------------------
+    async def _make_subprocess_transport(
+            self, protocol: asyncio.SubprocessProtocol, args: Any, shell: bool, stdin: Any,
+            stdout: Any, stderr: Any, bufsize: int, extra: dict[str, Any] | None = None,
+            **kwargs: Any) -> asyncio.SubprocessTransport:
+        waiter = self.create_future()
+        transport = SubprocessTransport(self, protocol, args, shell, stdin, stdout, stderr,
+                                        bufsize, waiter=waiter, extra=extra, **kwargs)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transport.close()
+            await transport._wait()
+            raise
+        return transport
+
+    # -- closing -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        try:
+            super().close()  # the selector closes the poller, which closes the port
+        finally:
+            self._children.close()
+
+
+assert WAKEUP_KEY not in (IO_KEY, JOB_KEY)

@@ -1,0 +1,390 @@
+"""asyncio pipe transports on overlapped ``ReadFile`` / ``WriteFile`` completing on the loop's port.
+
+Rules (the kernel's and asyncio's):
+
+- A transport has at most one read and one write in flight. The buffer of each belongs to the
+  kernel until its completion is dequeued; ``iocp`` keeps the :class:`~iocp.Operation` alive
+  until then, whatever happens to the transport (closed, aborted, garbage).
+- Closing cancels what is in flight (``NtCancelIoFileEx``) and closes the handle at once; the
+  cancelled completions arrive later and are ignored. Closing the handle is safe before they
+  arrive: the memory is the operation's, not the handle's.
+- Reads end with ``STATUS_PIPE_BROKEN`` / ``STATUS_END_OF_FILE`` when the writer closed (F12):
+  that is end of data, ``eof_received`` then ``connection_lost(None)``.
+- A read that completes while reading is paused is held and delivered on ``resume_reading``;
+  no ``data_received`` is ever called while paused.
+- Writes are copied; while one is in flight further data is buffered and written in one
+  ``WriteFile`` when it completes (a pipe write completes when every byte is in: F13). The
+  protocol is paused above the high-water mark of bytes not yet written.
+
+The handle must have been opened for overlapped I/O (as the Proactor loop requires); it is
+associated with the port for good, so one handle serves one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from typing import Any
+
+from iocp import Handle, Operation, ReadOperation, WriteOperation, start_read, start_write
+from ntdll import NtStatusError
+
+from .aio_port import IO_KEY, LoopPort
+
+__all__ = ["READ_SIZE", "ReadPipeTransport", "WritePipeTransport", "pipe_handle"]
+
+READ_SIZE = 64 * 1024
+"""Bytes asked per read (64 KiB moved most per second under Wine: WINDOWS_ON_LINUX.md)."""
+
+
+def pipe_handle(pipe: Any) -> int:
+    """The Windows handle of ``pipe``: an ``int`` handle, an :class:`iocp.Handle`, an object
+    with a ``handle`` attribute (``asyncio.windows_utils.PipeHandle``), a file object (its C
+    runtime fd is mapped to its handle), or an object whose ``fileno()`` is a handle."""
+    if isinstance(pipe, bool):
+        raise TypeError(f"not a pipe: {pipe!r}")
+    if isinstance(pipe, int):
+        return pipe
+    if isinstance(pipe, Handle):
+        return pipe.value
+    handle = getattr(pipe, "handle", None)
+    if isinstance(handle, int):
+        return handle
+    if isinstance(pipe, io.IOBase):
+        if sys.platform == "win32":
+            import msvcrt
+            return msvcrt.get_osfhandle(pipe.fileno())
+        raise TypeError("file objects name handles only on Windows")
+    fileno = getattr(pipe, "fileno", None)
+    if fileno is None:
+        raise TypeError(f"not a pipe (no handle, no fileno()): {pipe!r}")
+    return int(fileno())
+
+
+class _PipeTransport(asyncio.BaseTransport):
+    """What both directions share: the handle, the protocol, closing and losing the connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: LoopPort, pipe: Any,
+                 protocol: asyncio.BaseProtocol, extra: dict[str, Any] | None) -> None:
+        super().__init__({**(extra or {}), "pipe": pipe})
+        self._loop = loop
+        self._port = port
+        self._pipe = pipe
+        self._handle = pipe_handle(pipe)
+        self._protocol = protocol
+        self._closing = False
+        self._lost = False
+        port.associate(self._handle, IO_KEY)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _cancel(self, operation: Operation | None) -> None:
+        if operation is not None and operation.pending:
+            try:
+                self._port.cancel(operation)
+            except OSError:
+                pass  # the handle is gone: the kernel cancels the request itself
+
+    def _lose(self, exc: Exception | None) -> None:
+        """Schedule ``connection_lost(exc)`` once, then close the pipe (at once, without telling
+        the protocol, if the loop is already closed: a transport collected late)."""
+        self._closing = True
+        if self._lost:
+            return
+        self._lost = True
+        if self._loop.is_closed():
+            self._close_pipe()
+            return
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return
+        close = getattr(pipe, "close", None)
+        if close is not None:
+            close()
+        elif isinstance(pipe, int):
+            from ntdll import functions as nt
+            nt.CloseHandle(pipe)
+
+    def _fatal_error(self, exc: Exception, message: str) -> None:
+        if not isinstance(exc, OSError) or self._loop.get_debug():
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self,
+                "protocol": self._protocol})
+        self._abort(exc)
+
+    def _abort(self, exc: Exception | None) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<{type(self).__name__} handle={self._handle:#x} {state}>"
+
+
+class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
+    """The reading end of a pipe, as ``loop.connect_read_pipe`` returns it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: LoopPort, pipe: Any,
+                 protocol: asyncio.Protocol, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(loop, port, pipe, protocol, extra)
+        self._reading_protocol = protocol
+        self._read_op: ReadOperation | None = None
+        self._spare: ReadOperation | None = None  # a completed read whose buffer is reused
+        self._paused = False
+        self._held: bytes | None = None  # read while paused
+        loop.call_soon(protocol.connection_made, self)
+
+    def start_reading(self) -> None:
+        """Issue the first read: called once the caller holds the transport (a read that finds
+        the pipe already broken calls ``connection_lost`` at once, which must not come before
+        ``connect_read_pipe`` has returned; ``asyncio.base_subprocess`` relies on it)."""
+        self._loop.call_soon(self._read)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        super().set_protocol(protocol)
+        self._reading_protocol = protocol
+
+    def is_reading(self) -> bool:
+        return not self._paused and not self._closing
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if not self._paused or self._closing:
+            return
+        self._paused = False
+        held, self._held = self._held, None
+        if held is not None:
+            self._loop.call_soon(self._deliver, held)
+        else:
+            self._loop.call_soon(self._read)
+
+    def _read(self) -> None:
+        if self._closing or self._paused or self._read_op is not None:
+            return
+        try:
+            self._read_op = start_read(self._port, self._handle, READ_SIZE, tag=self,
+                                       operation=self._spare)
+        except BrokenPipeError:
+            self._end_of_data()  # the writer closed before we asked (F12)
+        except (OSError, ValueError) as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+
+    def _completed(self, operation: Operation) -> None:
+        """The read's completion, dispatched by the loop."""
+        assert isinstance(operation, ReadOperation)
+        self._read_op = None
+        if self._closing:
+            return  # cancelled by close(), or data nobody will read
+        if operation.at_end:
+            self._end_of_data()
+            return
+        try:
+            data = operation.data
+        except (NtStatusError, OSError) as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+            return
+        self._spare = operation
+        if not data:
+            self._read()
+        elif self._paused:
+            self._held = data
+        else:
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._reading_protocol.data_received(data)
+        self._read()
+
+    def _end_of_data(self) -> None:
+        if self._closing:
+            return
+        # Whatever eof_received() returns, the transport closes: a pipe is one-way, so after
+        # its end nothing can be read or written on it (as the stdlib's pipe transports).
+        self._reading_protocol.eof_received()
+        self._lose(None)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._cancel(self._read_op)
+        self._lose(None)
+
+    def _abort(self, exc: Exception | None) -> None:
+        self._cancel(self._read_op)
+        self._lose(exc)
+
+    def __del__(self) -> None:
+        if getattr(self, "_pipe", None) is not None and not getattr(self, "_closing", True):
+            import warnings
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self,
+                          stacklevel=2)
+
+
+class WritePipeTransport(_PipeTransport, asyncio.WriteTransport):
+    """The writing end of a pipe, as ``loop.connect_write_pipe`` returns it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: LoopPort, pipe: Any,
+                 protocol: asyncio.BaseProtocol, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(loop, port, pipe, protocol, extra)
+        self._write_op: WriteOperation | None = None
+        self._in_flight = 0  # bytes of the write in flight
+        self._buffer = bytearray()
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._paused_protocol = False
+        self._draining_to_close = False
+        self._eof_called = False
+        loop.call_soon(protocol.connection_made, self)
+
+    # -- flow control ----------------------------------------------------------------------
+    def get_write_buffer_size(self) -> int:
+        return self._in_flight + len(self._buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._paused_protocol or self.get_write_buffer_size() <= self._high:
+            return
+        self._paused_protocol = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.pause_writing() failed", "exception": exc,
+                "transport": self, "protocol": self._protocol})
+
+    def _maybe_resume_protocol(self) -> None:
+        if not self._paused_protocol or self.get_write_buffer_size() > self._low:
+            return
+        self._paused_protocol = False
+        try:
+            self._protocol.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.resume_writing() failed", "exception": exc,
+                "transport": self, "protocol": self._protocol})
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not "
+                            f"{type(data).__name__!r}")
+        if self._eof_called:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._closing or not data:
+            return  # closed, aborted or lost: asyncio transports drop such writes (drain()
+            # then raises ConnectionResetError once connection_lost was called)
+        if self._write_op is None:
+            self._start(bytes(data))
+        else:
+            self._buffer += data
+        self._maybe_pause_protocol()
+
+    def _start(self, data: bytes) -> None:
+        try:
+            self._write_op = start_write(self._port, self._handle, data, tag=self)
+        except (OSError, ValueError) as exc:
+            self._write_op = None
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+            return
+        self._in_flight = len(data)
+
+    def _completed(self, operation: Operation) -> None:
+        """The write's completion, dispatched by the loop."""
+        self._write_op = None
+        self._in_flight = 0
+        if self._closing and not self._draining_to_close:
+            return  # aborted
+        try:
+            operation.result()
+        except (NtStatusError, OSError) as exc:
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+            return
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            self._start(data)
+        if self._write_op is None and self._draining_to_close:
+            self._lose(None)
+            return
+        self._maybe_resume_protocol()
+
+    def reader_closed(self) -> None:
+        """The pipe's reader is known to be gone (the child process exited): nothing can be
+        written any more. With a write in flight this is a broken pipe, otherwise a close.
+        (A child's stdin is a one-way pipe, so unlike the Proactor loop's duplex pipes its
+        reader's close cannot be watched by a read: the loop calls this on the child's exit.)"""
+        if self._lost:
+            return
+        if self._write_op is not None or self._buffer:
+            self._abort(BrokenPipeError("the pipe's reader closed"))
+        else:
+            self._closing = True
+            self._draining_to_close = True
+            self._lose(None)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self._eof_called = True
+        self.close()  # a pipe's end of data is its writer closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._draining_to_close = True
+        if self._write_op is None:
+            self._lose(None)
+
+    def abort(self) -> None:
+        self._abort(None)
+
+    def _abort(self, exc: Exception | None) -> None:
+        self._draining_to_close = False
+        self._buffer.clear()
+        self._cancel(self._write_op)
+        self._lose(exc)
+
+    def __del__(self) -> None:
+        if getattr(self, "_pipe", None) is not None and not getattr(self, "_closing", True):
+            import warnings
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self,
+                          stacklevel=2)
