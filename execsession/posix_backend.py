@@ -192,6 +192,8 @@ class SelectorLoop(Loop):
     def spawn(self, command: Sequence[str] | str, *, shell: bool, stderr: StderrMode,
               pipe_sizes: tuple[int, int, int], cwd: str | None = None,
               env: dict[str, str] | None = None) -> Child:
+        if self._closed:  # before any process starts: its guardian is gone
+            raise RuntimeError("spawn on a closed loop")
         return _PosixChild(self, command, shell=shell, stderr=stderr, cwd=cwd, env=env)
 
     def add_acceptor(self, listener: socket.socket, callback: Callable[[], None]) -> None:

@@ -167,7 +167,7 @@ def _kill_groups(groups: Iterable[int]) -> None:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except OSError:
-            pass  # already gone (ESRCH); EPERM cannot happen for a group that is still ours
+            pass  # ESRCH: already gone; EPERM: no member we may signal (a setuid program)
 
 
 def _serve(initial: Iterable[int]) -> None:
