@@ -114,11 +114,14 @@ class GroupGuardian:
                  *map(str, sorted(self._groups))],
                 stdin=read_fd, stdout=subprocess.DEVNULL, close_fds=True,
                 start_new_session=True, cwd="/")
-        except OSError as error:
+        except Exception as error:  # no python to run, no fds left...: serve unguarded
             os.close(write_fd)
             self._warn("cannot start the process-group guardian (%s): a SIGKILLed server "
                        "would leave its children running", error)
             return
+        except BaseException:
+            os.close(write_fd)
+            raise
         finally:
             os.close(read_fd)
         os.set_blocking(write_fd, False)

@@ -643,3 +643,24 @@ def test_ended_sessions_leave_the_guardians_table() -> None:
         guardian_pid = guardian.pid
         assert guardian_pid is not None and process_alive(guardian_pid)
     assert guardian.pid is None and wait_dead(guardian_pid)  # it ends with the loop
+
+
+@pytest.mark.posix
+def test_a_guardian_that_cannot_start_leaves_the_server_serving(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """No python to run the guardian: one warning says SIGKILL is no longer covered, and the
+    sessions are served as before (unguarded)."""
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        return
+    from execsession.posix_backend import SelectorLoop
+
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with ServerThread("echo served", shell=True) as running:
+        assert isinstance(running.loop, SelectorLoop)
+        for _ in range(3):
+            assert exchange(running.address) == b"served\n"
+        running.wait_results(3)
+        assert running.loop.guardian.starts == 0 and running.loop.guardian.groups == 0
+    warnings = [record for record in caplog.records if record.name == "execsession.guardian"
+                and record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cannot start" in warnings[0].getMessage()
