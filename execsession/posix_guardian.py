@@ -11,8 +11,8 @@ on. So each loop that spawns children starts one small guardian process:
 - The server tells it ``+PGID`` when a child (the leader of group PGID) was started, and
   ``-PGID`` once that group was killed (SIGKILL to a group is delivered to every member at
   once: the group is doomed) and *before* the child is reaped. Until the reap, the child —
-  alive or a zombie — keeps its pid, and so the group id, ours; Linux never reuses a pid that
-  is still some process's group id. So the guardian only ever holds groups that are ours.
+  alive or a zombie — keeps its pid, and so the group id, ours; and POSIX reuses no pid while
+  a process group of that id has members. So the guardian only ever holds groups that are ours.
 - At EOF it sends SIGKILL to every group still registered and exits. One signal, not SIGTERM
   then SIGKILL after a grace: the server itself kills with SIGKILL, and a grace would let a
   group empty itself and its id be reused before the second signal.
