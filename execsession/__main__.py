@@ -32,7 +32,7 @@ A client that disconnects, or a timeout, kills the process and everything it sta
 When the process exits while something it started still holds its output, that output is
 relayed for --drain-timeout more seconds, then the rest of its tree is killed.
 Ctrl-C or SIGTERM stops accepting, kills the children and exits; so does any other way out
-(an internal error included): no child outlives the server, except after SIGKILL on POSIX.
+(an internal error included): no child outlives the server, not even after SIGKILL.
 """
 
 

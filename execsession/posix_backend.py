@@ -7,6 +7,10 @@ reaped; without pidfds the child is polled. Either way its exit code is read wit
 group id — reserved, so the group can still be killed safely (whatever the child left running,
 when the session decides: see ``drain_timeout``), and the child is reaped only after that, in
 :meth:`_PosixChild.close`. No pid-reuse race: ``killpg`` never names a group that is not ours.
+
+A server that is SIGKILLed kills nothing itself: each loop's guardian process
+(:mod:`execsession.posix_guardian`) is told each child's group when it starts and when it was
+killed (before the reap), and kills every group still registered once the server is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 from .config import StderrMode
 from .loop import Child, Loop, ReadCallback, Stream, WriteCallback
+from .posix_guardian import GroupGuardian
 
 __all__ = ["SelectorLoop"]
 
@@ -84,6 +89,15 @@ class SelectorLoop(Loop):
         self._wake_watch = _Watch(self._wake_r.fileno())
         self._wake_watch.reader = self._drain_wakeups
         self._changed(self._wake_watch)
+        self._guardian: GroupGuardian | None = None
+
+    @property
+    def guardian(self) -> GroupGuardian:
+        """The process-group guardian of this loop's children (its process starts with the
+        first child): it kills their groups if this process dies without doing so."""
+        if self._guardian is None:
+            self._guardian = GroupGuardian()
+        return self._guardian
 
     # -- interest ------------------------------------------------------------------------------
     def _changed(self, watch: _Watch) -> None:
@@ -178,6 +192,8 @@ class SelectorLoop(Loop):
     def spawn(self, command: Sequence[str] | str, *, shell: bool, stderr: StderrMode,
               pipe_sizes: tuple[int, int, int], cwd: str | None = None,
               env: dict[str, str] | None = None) -> Child:
+        if self._closed:  # before any process starts: its guardian is gone
+            raise RuntimeError("spawn on a closed loop")
         return _PosixChild(self, command, shell=shell, stderr=stderr, cwd=cwd, env=env)
 
     def add_acceptor(self, listener: socket.socket, callback: Callable[[], None]) -> None:
@@ -196,6 +212,8 @@ class SelectorLoop(Loop):
         if self._closed:
             return
         super().close()
+        if self._guardian is not None:
+            self._guardian.close()  # it kills what is still registered (a child not closed)
         if self._epoll is not None:
             self._epoll.close()
         if self._selector is not None:
@@ -373,6 +391,8 @@ class _PosixChild(Child):
         for fd in ours:
             os.set_blocking(fd, False)
         self.pid = self._process.pid
+        self._guarded = True
+        loop.guardian.guard(self.pid)
         self.stdin = _FdStream(loop, stdin_w, owns=True)
         self.stdout = _FdStream(loop, stdout_r, owns=True)
         self.stderr = _FdStream(loop, stderr_r, owns=True) if stderr_r is not None else None
@@ -402,11 +422,14 @@ class _PosixChild(Child):
         unreaped (``WNOWAIT``), else ``None``."""
         if not hasattr(os, "waitid"):  # pragma: no cover - platforms without waitid
             self._reaped = self._process.poll() is not None  # reaps: the group may be gone
+            if self._reaped:
+                self._unguard()
             return self._process.returncode
         try:
             info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:  # reaped by someone else
             self._reaped = True
+            self._unguard()
             return self._process.wait()
         if info is None:
             return None
@@ -438,9 +461,16 @@ class _PosixChild(Child):
         if returncode is None:  # pragma: no cover - a pidfd is readable only once it exited
             returncode = self._process.wait()
             self._reaped = True
+            self._unguard()
         self._returncode = returncode
         if self._on_exit is not None:
             self._on_exit(returncode)
+
+    def _unguard(self) -> None:
+        """Tell the guardian the group is no longer its business (once)."""
+        if self._guarded:
+            self._guarded = False
+            self._loop.guardian.release(self.pid)
 
     def _kill_group(self) -> None:
         try:
@@ -470,8 +500,10 @@ class _PosixChild(Child):
             return
         # Kill what is left of the tree while the (zombie or live) leader keeps the group id
         # ours, then reap it; a live child that does not die within a second is left to
-        # subprocess, which reaps it later.
+        # subprocess, which reaps it later. The group got SIGKILL (every member at once: it
+        # is doomed), so the guardian can forget it — before the reap frees the id.
         self._kill_group()
+        self._unguard()
         try:
             returncode = self._process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:

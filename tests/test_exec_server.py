@@ -29,7 +29,15 @@ from execsession import (
 )
 from execsession.__main__ import build_parser, main
 from execsession.server import is_loopback_host
-from tests.exec_support import WAIT, pattern, wait_dead
+from tests.exec_support import (
+    WAIT,
+    ServerThread,
+    connect,
+    exchange,
+    pattern,
+    process_alive,
+    wait_dead,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -475,3 +483,184 @@ def test_a_killed_windows_server_takes_its_children_with_it() -> None:
         if server.stdout is not None:
             server.stdout.close()
         subprocess.run([str(WINPY), "--stop"], env=env, timeout=WAIT, check=False)
+
+
+# -- issue 11: a SIGKILLed POSIX server takes its children with it (the guardian, DES5) -----
+GROUP_TREE = "sleep 300 & echo $! $$; exec cat"
+"""A child (sh, then cat) with a backgrounded grandchild in its group; prints both pids."""
+
+
+def _guardian_of(server_pid: int) -> int:
+    """The pid of ``server_pid``'s process-group guardian."""
+    for pid in _linux_processes_with("posix_guardian.py"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except FileNotFoundError:
+            continue
+        if ppid == server_pid:
+            return pid
+    raise AssertionError(f"server {server_pid} has no guardian")
+
+
+def _open_sessions(port: int, count: int) -> tuple[list[socket.socket], list[int]]:
+    """``count`` clients of a GROUP_TREE server, and every child's and grandchild's pid."""
+    clients: list[socket.socket] = []
+    pids: list[int] = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        clients.append(sock)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = sock.recv(100)
+            assert chunk, f"the session ended before its child started: {line!r}"
+            line += chunk
+        pids += [int(word) for word in line.split()]
+    return clients, pids
+
+
+@pytest.mark.posix
+def test_a_sigkilled_server_takes_every_child_and_grandchild_with_it(linux_server: Any) -> None:
+    """SIGKILL gives the server no way out of its own; its guardian reads EOF on the pipe only
+    the server held and kills every registered process group: the children (sh → cat) and
+    the sleeps they backgrounded in their groups. The guardian exits too. (Without the
+    guardian the sleeps lived their 300 s and this test failed.)"""
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        return
+    server, port = linux_server("-k", "-c", GROUP_TREE)
+    clients, pids = _open_sessions(port, 3)
+    try:
+        guardian = _guardian_of(server.pid)
+        assert all(process_alive(pid) for pid in pids)
+        server.kill()
+        server.wait(WAIT)
+        for pid in pids:
+            assert wait_dead(pid), f"process {pid} outlived its SIGKILLed server"
+        assert wait_dead(guardian), "the guardian outlived the server"
+        for sock in clients:
+            try:
+                assert sock.recv(100) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+@pytest.mark.posix
+def test_a_guardian_killed_by_accident_is_replaced_and_the_server_keeps_serving(
+        linux_server: Any) -> None:
+    """The guardian SIGKILLed while a session runs: the server notices at its next message
+    (EPIPE), logs a warning, starts a new guardian holding every live group, and keeps
+    serving; a SIGKILL of the server then still takes both sessions' trees down."""
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        return
+    server, port = linux_server("-k", "-c", GROUP_TREE)
+    first, first_pids = _open_sessions(port, 1)
+    clients = list(first)
+    try:
+        old = _guardian_of(server.pid)
+        os.kill(old, signal.SIGKILL)
+        assert wait_dead(old)
+        second, second_pids = _open_sessions(port, 1)
+        clients += second
+        second[0].sendall(b"still serving\n")
+        assert second[0].recv(100) == b"still serving\n"
+        new = _guardian_of(server.pid)
+        assert new != old
+        server.kill()
+        server.wait(WAIT)
+        for pid in first_pids + second_pids:
+            assert wait_dead(pid), f"process {pid} outlived its SIGKILLed server"
+        assert server.stdout is not None
+        output = server.stdout.read()
+        assert output.count(b"guardian") == 1 and b"is gone" in output, output
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+@pytest.mark.posix
+def test_the_guardian_kills_only_the_groups_still_registered() -> None:
+    """GroupGuardian against real processes: two children leading their own groups (each
+    with a backgrounded sleep); one released. Closing the pipe — what the server's death
+    does — kills the registered group's processes and leaves the released one alone."""
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        return
+    from execsession.posix_guardian import GroupGuardian
+
+    def tree() -> tuple[subprocess.Popen[bytes], list[int]]:
+        child = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!; exec sleep 300"],
+                                 stdout=subprocess.PIPE, start_new_session=True)
+        assert child.stdout is not None
+        return child, [child.pid, int(child.stdout.readline())]
+
+    guardian = GroupGuardian()
+    kept, kept_pids = tree()
+    released, released_pids = tree()
+    try:
+        guardian.guard(kept.pid)
+        guardian.guard(released.pid)
+        assert guardian.groups == 2 and guardian.starts == 1
+        guardian.release(released.pid)
+        assert guardian.groups == 1
+        guardian.close()  # EOF: as when the server dies
+        for pid in kept_pids:
+            assert wait_dead(pid)
+        assert all(process_alive(pid) for pid in released_pids)
+    finally:
+        for child in (kept, released):
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.wait(WAIT)
+            if child.stdout is not None:
+                child.stdout.close()
+
+
+@pytest.mark.posix
+def test_ended_sessions_leave_the_guardians_table() -> None:
+    """Each session's group is registered while it runs and released when it ends (normal
+    exit, client gone, drain timeout): the table does not grow, one guardian serves all."""
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        return
+    from execsession.posix_backend import SelectorLoop
+
+    with ServerThread(GROUP_TREE, shell=True,
+                      config=ExecSessionConfig(drain_timeout=0.1)) as running:
+        assert isinstance(running.loop, SelectorLoop)
+        guardian = running.loop.guardian
+        for index in range(5):
+            assert exchange(running.address, b"hello\n").endswith(b"hello\n")
+            running.wait_results(index + 1)
+        with connect(running.address) as client:
+            assert client.recv(100).endswith(b"\n")
+            running.wait_sessions(1)
+            assert guardian.groups == 1
+        running.wait_results(6)
+        assert guardian.groups == 0 and guardian.starts == 1
+        guardian_pid = guardian.pid
+        assert guardian_pid is not None and process_alive(guardian_pid)
+    assert guardian.pid is None and wait_dead(guardian_pid)  # it ends with the loop
+
+
+@pytest.mark.posix
+def test_a_guardian_that_cannot_start_leaves_the_server_serving(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """No python to run the guardian: one warning says SIGKILL is no longer covered, and the
+    sessions are served as before (unguarded)."""
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        return
+    from execsession.posix_backend import SelectorLoop
+
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with ServerThread("echo served", shell=True) as running:
+        assert isinstance(running.loop, SelectorLoop)
+        for _ in range(3):
+            assert exchange(running.address) == b"served\n"
+        running.wait_results(3)
+        assert running.loop.guardian.starts == 0 and running.loop.guardian.groups == 0
+    warnings = [record for record in caplog.records if record.name == "execsession.guardian"
+                and record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cannot start" in warnings[0].getMessage()
