@@ -43,6 +43,8 @@ __all__ = ["INLINE_BUDGET", "IocpLoop"]
 
 HELPER_KEY = 2
 DEQUEUE_BATCH = 256
+PROBE_EVERY = 8
+"""While dequeues find one completion each, every PROBE_EVERY-th still asks for a batch."""
 INLINE_BUDGET = 64
 """Inline completions (no packet: skip-on-success) delivered between two waits on the port, at
 most: beyond it the loop waits before running more callbacks."""
@@ -68,6 +70,8 @@ class IocpLoop(Loop):
         self._groups = PollGroups(self.port, HELPER_KEY)
         self._acceptors: dict[int, _AfdAcceptor] = {}
         self._batch: list[Completion] = []
+        self._batch_size = 1
+        self._singles = 0
         """Completions dequeued and not yet handed to their owners (see the module's notes)."""
 
     def inline_completed(self) -> None:
@@ -82,7 +86,17 @@ class IocpLoop(Loop):
         self._inline = 0
         batch = self._batch
         if not batch:  # else: left over by an exception; hand it over before waiting again
-            self.port.dequeue(timeout=timeout, max_entries=DEQUEUE_BATCH, into=batch)
+            self.port.dequeue(timeout=timeout, max_entries=self._batch_size, into=batch)
+            # Ask for one entry while completions come one at a time, a batch while several
+            # are waiting: a call for N entries that finds k < N asks once more for nothing
+            # (under Wine each ask is a wineserver request: ACTIVE_KB E15, issue 10), and a
+            # relay of one session mostly has one completion to take per wait. A call for one
+            # cannot tell whether more were waiting, so every PROBE_EVERY-th asks for a batch.
+            if len(batch) > 1:
+                self._batch_size, self._singles = DEQUEUE_BATCH, 0
+            else:
+                self._singles += 1
+                self._batch_size = DEQUEUE_BATCH if self._singles % PROBE_EVERY == 0 else 1
         while batch:
             self._dispatch(batch[0])
             del batch[0]
