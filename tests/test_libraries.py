@@ -18,6 +18,8 @@ from ntdll import functions as nt
 
 PACKAGES = [ntdll, iocp, afd, execsession]
 PLATFORM_MODULES = {"execsession.iocp_backend": ("win32", "needs Windows"),
+                    "execsession.iocp_child": ("win32", "needs Windows"),
+                    "execsession.iocp_streams": ("win32", "needs Windows"),
                     "execsession.posix_backend": ("posix", "needs POSIX")}
 """Backends that refuse to import on the other platform, on purpose, with an ImportError
 saying what they need."""
