@@ -14,6 +14,8 @@ child's pipes, on ``iocp``'s overlapped I/O with skip-on-success) and
   removes a completion only once its owner has handled it, so Ctrl-C (or any exception)
   between the dequeue and the dispatch loses none; owners ignore a completion handed over
   twice. Each owner's handling runs isolated: an exception ends that owner's session only.
+* Dequeues ask for one entry while completions come one at a time (under Wine a call for N
+  that finds fewer makes one more request for nothing), a batch while several are waiting.
 * The listener: an AFD ``AFD_POLL_ACCEPT`` poll (:class:`afd.AfdSocket` on the loop's
   :class:`afd.PollGroups`, helper handles associated with the same port).
 * Memory the kernel may write (an ``OVERLAPPED``, a read buffer, a poll's ``AFD_POLL_INFO``)
