@@ -72,9 +72,9 @@ class IocpLoop(Loop):
         self._groups = PollGroups(self.port, HELPER_KEY)
         self._acceptors: dict[int, _AfdAcceptor] = {}
         self._batch: list[Completion] = []
-        self._batch_size = 1
-        self._singles = 0
         """Completions dequeued and not yet handed to their owners (see the module's notes)."""
+        self._batch_size = 1  # entries the next dequeue asks for (see _wait)
+        self._singles = 0  # dequeues in a row that found at most one entry
 
     def inline_completed(self) -> None:
         """A stream's request completed at once (no packet): count it against the budget."""
