@@ -126,19 +126,52 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def tree_cpu_seconds(pid: int) -> float | None:
+def tree_cpu_seconds(pid: int, port: int | None = None) -> float | None:
     """utime + stime of ``pid`` and its reaped children (Linux ``/proc``); on Windows the
-    process's own user + kernel time (``GetProcessTimes``; Windows keeps no children's total,
-    and under Wine the wineserver's share is not in it)."""
+    process's own user + kernel time (Windows keeps no children's total, and under Wine the
+    wineserver's share is not in it). Under Wine, ``GetProcessTimes`` of another process gave
+    the same figure for every server (ACTIVE_KB issue 10), so there the server is found in the
+    host's ``/proc`` by its command line (which names ``port``) and read from there."""
     if sys.platform == "win32":
+        if port is not None:
+            found = _wine_host_cpu_seconds(port)
+            if found is not None:
+                return found
         return _windows_cpu_seconds(pid)
+    return _proc_cpu_seconds(str(pid))
+
+
+def _wine_host_cpu_seconds(port: int) -> float | None:
+    """Under Wine: utime + stime of the host process whose command line is a Windows python
+    with ``port`` among its arguments (a server started by :func:`start_server`)."""
+    proc = "Z:\\proc"
     try:
-        with open(f"/proc/{pid}/stat") as stat:
+        names = [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return None
+    wanted = str(port).encode()
+    for name in names:
+        try:
+            with open(f"{proc}\\{name}\\cmdline", "rb") as cmdline:
+                arguments = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if wanted in arguments and any(b"python" in a.lower() for a in arguments[:1]):
+            return _proc_cpu_seconds(name, proc, own_only=True)
+    return None
+
+
+def _proc_cpu_seconds(pid: str, proc: str = "/proc", own_only: bool = False) -> float | None:
+    separator = "\\" if proc != "/proc" else "/"
+    try:
+        with open(f"{proc}{separator}{pid}{separator}stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    # utime stime (+ cutime cstime: reaped children, Linux; a Wine server's child may be
+    # reaped by it too, but the Windows figure is the server's own)
+    ticks = sum(int(value) for value in fields[11:13 if own_only else 15])
+    return ticks / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
 def _windows_cpu_seconds(pid: int) -> float | None:
@@ -289,7 +322,7 @@ def measure(name: str, command: Callable[[int], list[str]], args: argparse.Names
     size = args.size * 1024 * 1024
     server = start_server(argv, port)
     try:
-        cpu_before = tree_cpu_seconds(server.pid)
+        cpu_before = tree_cpu_seconds(server.pid, port)
         best: float | None = None
         stalled = False
         for _ in range(args.repeat):
@@ -304,7 +337,7 @@ def measure(name: str, command: Callable[[int], list[str]], args: argparse.Names
         if best is not None:
             figures.mib_per_s = args.size / best
             time.sleep(0.3)  # let the server reap the session's processes (their CPU counts)
-            cpu_after = tree_cpu_seconds(server.pid)
+            cpu_after = tree_cpu_seconds(server.pid, port)
             if cpu_before is not None and cpu_after is not None and not stalled:
                 figures.cpu_per_gib = (cpu_after - cpu_before) / (args.repeat * args.size / 1024)
         times = round_trips(port, args.round_trips)

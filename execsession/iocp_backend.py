@@ -14,6 +14,8 @@ child's pipes, on ``iocp``'s overlapped I/O with skip-on-success) and
   removes a completion only once its owner has handled it, so Ctrl-C (or any exception)
   between the dequeue and the dispatch loses none; owners ignore a completion handed over
   twice. Each owner's handling runs isolated: an exception ends that owner's session only.
+* Dequeues ask for one entry while completions come one at a time (under Wine a call for N
+  that finds fewer makes one more request for nothing), a batch while several are waiting.
 * The listener: an AFD ``AFD_POLL_ACCEPT`` poll (:class:`afd.AfdSocket` on the loop's
   :class:`afd.PollGroups`, helper handles associated with the same port).
 * Memory the kernel may write (an ``OVERLAPPED``, a read buffer, a poll's ``AFD_POLL_INFO``)
@@ -43,6 +45,8 @@ __all__ = ["INLINE_BUDGET", "IocpLoop"]
 
 HELPER_KEY = 2
 DEQUEUE_BATCH = 256
+PROBE_EVERY = 8
+"""While dequeues find one completion each, every PROBE_EVERY-th still asks for a batch."""
 INLINE_BUDGET = 64
 """Inline completions (no packet: skip-on-success) delivered between two waits on the port, at
 most: beyond it the loop waits before running more callbacks."""
@@ -69,6 +73,8 @@ class IocpLoop(Loop):
         self._acceptors: dict[int, _AfdAcceptor] = {}
         self._batch: list[Completion] = []
         """Completions dequeued and not yet handed to their owners (see the module's notes)."""
+        self._batch_size = 1  # entries the next dequeue asks for (see _wait)
+        self._singles = 0  # dequeues in a row that found at most one entry
 
     def inline_completed(self) -> None:
         """A stream's request completed at once (no packet): count it against the budget."""
@@ -82,7 +88,17 @@ class IocpLoop(Loop):
         self._inline = 0
         batch = self._batch
         if not batch:  # else: left over by an exception; hand it over before waiting again
-            self.port.dequeue(timeout=timeout, max_entries=DEQUEUE_BATCH, into=batch)
+            self.port.dequeue(timeout=timeout, max_entries=self._batch_size, into=batch)
+            # Ask for one entry while completions come one at a time, a batch while several
+            # are waiting: a call for N entries that finds k < N asks once more for nothing
+            # (under Wine each ask is a wineserver request: ACTIVE_KB E15, issue 10), and a
+            # relay of one session mostly has one completion to take per wait. A call for one
+            # cannot tell whether more were waiting, so every PROBE_EVERY-th asks for a batch.
+            if len(batch) > 1:
+                self._batch_size, self._singles = DEQUEUE_BATCH, 0
+            else:
+                self._singles += 1
+                self._batch_size = DEQUEUE_BATCH if self._singles % PROBE_EVERY == 0 else 1
         while batch:
             self._dispatch(batch[0])
             del batch[0]

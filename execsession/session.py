@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .backends import open_loop
+from .chunks import ChunkQueue
 from .config import ExecSessionConfig
 from .loop import Child, Loop, Stream, Timer
 
@@ -152,8 +153,10 @@ class ExecSession:
 
         self._client: Stream | None = None
         self._child: Child | None = None
-        self._to_child = bytearray()
-        self._to_client = bytearray()
+        # The reads' chunks as they came, written out as they are (no copy per chunk:
+        # execsession.chunks says why).
+        self._to_child = ChunkQueue()
+        self._to_client = ChunkQueue()
         self._reserved_child = 0  # bytes a pending socket read may still add to _to_child
         self._reserved_client = 0
         # A buffer grows only while the other, at its configured size, still fits beside it
@@ -318,7 +321,7 @@ class ExecSession:
                         client.read(size, self._on_client_data)
         if self._to_child and not self._writing_child and not self._stdin_closed:
             self._writing_child = True
-            chunk = bytes(self._to_child[:self._write_chunk(self._in_flow)])
+            chunk = self._to_child.peek(self._write_chunk(self._in_flow))
             self._inflight_child = len(chunk)
             child.stdin.write(chunk, self._on_stdin_written)
         elif (self._client_eof and not self._to_child and not self._writing_child
@@ -342,7 +345,7 @@ class ExecSession:
             child.stderr.read(config.stderr_buffer, self._on_stderr_data)
         if self._to_client and not self._writing_client and not self._shut_wr:
             self._writing_client = True
-            chunk = bytes(self._to_client[:self._write_chunk(self._out_flow)])
+            chunk = self._to_client.peek(self._write_chunk(self._out_flow))
             self._inflight_client = len(chunk)
             client.write(chunk, self._on_client_written)
         elif (self._out_eof and self._err_eof and not self._to_client
@@ -391,7 +394,7 @@ class ExecSession:
                 pass  # the child stopped reading: the bytes have nowhere to go
             else:
                 self._in_flow.resize(asked, len(data), len(self._to_child))
-                self._to_child += data
+                self._to_child.append(data)
         self._pump()
 
     def _on_client_discard(self, data: bytes, error: BaseException | None) -> None:
@@ -425,7 +428,7 @@ class ExecSession:
             self._stdin_broken = True
             self._to_child.clear()
         else:
-            del self._to_child[:count]
+            self._to_child.consume(count)
             self._activity()
         self._pump()
 
@@ -442,7 +445,7 @@ class ExecSession:
             self._child.expect_exit()
         else:
             self._out_flow.resize(asked, len(data), len(self._to_client))
-            self._to_client += data
+            self._to_client.append(data)
             self._activity()
         self._pump()
 
@@ -471,7 +474,7 @@ class ExecSession:
         if error is not None:
             self._client_lost(error)
             return
-        del self._to_client[:count]
+        self._to_client.consume(count)
         self._bytes_out += count
         self._activity()
         self._pump()
