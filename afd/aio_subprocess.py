@@ -24,7 +24,6 @@ import asyncio
 import ctypes
 import os
 import subprocess
-import sys
 from asyncio import base_subprocess
 from typing import Any
 
@@ -124,20 +123,6 @@ class ChildWatcher:
             self._job = None
 
 
-def _fd_for(handle: Handle, flags: int) -> int:
-    """A C runtime fd owning ``handle`` (what ``subprocess`` takes for a child's end)."""
-    if sys.platform != "win32":
-        raise NotImplementedError("child pipes are made on Windows only")
-    import msvcrt
-
-    value = handle.detach()
-    try:
-        return msvcrt.open_osfhandle(value, flags)
-    except BaseException:
-        nt.CloseHandle(value)
-        raise
-
-
 def _spawn(args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any, bufsize: int,
            **kwargs: Any) -> tuple[subprocess.Popen[bytes], list[Handle | None]]:
     """Start a suspended child; returns it and our ends ``[stdin, stdout, stderr]`` (``None``
@@ -151,10 +136,10 @@ def _spawn(args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any, bufsize
                 continue
             if index == 0:
                 child_end, our_end = create_pipe(overlapped_read=False, overlapped_write=True)
-                fd = _fd_for(child_end, os.O_RDONLY)
+                fd = child_end.detach_to_fd(os.O_RDONLY)
             else:
                 our_end, child_end = create_pipe(overlapped_read=True, overlapped_write=False)
-                fd = _fd_for(child_end, os.O_WRONLY)
+                fd = child_end.detach_to_fd(os.O_WRONLY)
             ours[index] = our_end
             theirs.append(fd)
             child[index] = fd

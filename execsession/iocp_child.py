@@ -23,7 +23,6 @@ if sys.platform != "win32":  # pragma: no cover - backends.open_loop() refuses f
     raise ImportError("execsession.iocp_child needs Windows (or Wine)")
 
 import logging
-import msvcrt
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -68,16 +67,6 @@ def _kill_on_close_job() -> Handle:
     return job
 
 
-def _fd_for(handle: Handle, flags: int) -> int:
-    """A C runtime fd owning ``handle`` (what ``subprocess`` takes); closing it closes it."""
-    value = handle.detach()
-    try:
-        return msvcrt.open_osfhandle(value, flags)
-    except BaseException:
-        nt.CloseHandle(value)
-        raise
-
-
 def _popen(command: Sequence[str] | str, **options: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen``, tried once more if ``CreateProcess`` fails with
     ``ERROR_INTERNAL_ERROR`` (1359): seen about once in ten full test runs under Wine with many
@@ -114,18 +103,18 @@ class WindowsChild(Child):
             stdin_r, stdin_w = create_pipe(overlapped_read=False, overlapped_write=True,
                                            buffer_size=pipe_sizes[0])
             ours.append(stdin_w)
-            theirs.append(_fd_for(stdin_r, os.O_RDONLY))
+            theirs.append(stdin_r.detach_to_fd(os.O_RDONLY))
             stdout_r, stdout_w = create_pipe(overlapped_read=True, overlapped_write=False,
                                              buffer_size=pipe_sizes[1])
             ours.append(stdout_r)
-            theirs.append(_fd_for(stdout_w, os.O_WRONLY))
+            theirs.append(stdout_w.detach_to_fd(os.O_WRONLY))
             stderr_r: Handle | None = None
             child_stderr: int
             if stderr is StderrMode.SEPARATE:
                 stderr_r, stderr_w = create_pipe(overlapped_read=True, overlapped_write=False,
                                                  buffer_size=pipe_sizes[2])
                 ours.append(stderr_r)
-                child_stderr = _fd_for(stderr_w, os.O_WRONLY)
+                child_stderr = stderr_w.detach_to_fd(os.O_WRONLY)
                 theirs.append(child_stderr)
             elif stderr is StderrMode.MERGE:
                 child_stderr = subprocess.STDOUT

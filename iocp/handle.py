@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from types import TracebackType
 
@@ -47,6 +48,22 @@ class Handle:
         value = self.value
         self._value = None
         return value
+
+    def detach_to_fd(self, flags: int) -> int:
+        """Hand the handle over to a new C runtime file descriptor (what ``subprocess`` takes
+        for a child's standard handle; closing the fd closes the handle). Windows only.
+        ``flags`` as ``msvcrt.open_osfhandle`` (``os.O_RDONLY``, ``os.O_WRONLY``). If that
+        fails, the handle is closed, never left unowned."""
+        if sys.platform != "win32":
+            raise NotImplementedError("C runtime file descriptors of handles are Windows-only")
+        import msvcrt
+
+        value = self.detach()
+        try:
+            return msvcrt.open_osfhandle(value, flags)
+        except BaseException:
+            nt.NtClose(value)
+            raise
 
     def __enter__(self) -> Handle:
         return self

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from execsession import SessionResult
+from tests.exec_support import ECHO_CODE as ECHO
 from tests.exec_support import WAIT, ServerThread, connect, exchange, python_child
 
 ABORT_LINGER = b"\1\0\0\0\0\0\0\0"  # SO_LINGER on, 0 s: close() resets the connection
@@ -106,15 +107,6 @@ def _orphans() -> int:
     return len(iocp.port._orphaned)
 
 
-ECHO = (
-    "import os\n"
-    "while True:\n"
-    "    data = os.read(0, 65536)\n"
-    "    if not data:\n"
-    "        break\n"
-    "    while data:\n"
-    "        data = data[os.write(1, data):]\n"
-)
 
 # The child's first five bytes choose what it does: "exit!" reads a little more then exits
 # with 3 while the client keeps writing; "flood" writes 2 MiB and exits at once (its output
