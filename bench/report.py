@@ -19,7 +19,7 @@ from typing import Any
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
 # The subject of each benchmark that is this project's; the others are its peers.
-OURS = ("AfdPoller", "asyncio+AfdSelector", "ntafd-exec", "cffi")
+OURS = ("AfdPoller", "AfdEventLoop", "asyncio+AfdSelector", "ntafd-exec", "cffi")
 
 
 def load(results_dir: Path) -> list[dict[str, Any]]:
