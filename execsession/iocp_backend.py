@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 
 from afd import AfdPollEvents, AfdPollOperation, AfdSocket, PollGroups, base_socket_handle
 from iocp import WAKEUP_KEY, Completion, CompletionPort, Operation, PortClosedError
+from ntdll.libraries import running_under_wine
 
 from .config import StderrMode
 from .iocp_child import WindowsChild
@@ -45,6 +46,7 @@ __all__ = ["INLINE_BUDGET", "IocpLoop"]
 
 HELPER_KEY = 2
 DEQUEUE_BATCH = 256
+_WINE = running_under_wine()
 PROBE_EVERY = 8
 """While dequeues find one completion each, every PROBE_EVERY-th still asks for a batch."""
 INLINE_BUDGET = 64
@@ -73,7 +75,9 @@ class IocpLoop(Loop):
         self._acceptors: dict[int, _AfdAcceptor] = {}
         self._batch: list[Completion] = []
         """Completions dequeued and not yet handed to their owners (see the module's notes)."""
-        self._batch_size = 1  # entries the next dequeue asks for (see _wait)
+        # Entries the next dequeue asks for (see _wait). On Windows one kernel transition
+        # returns a whole batch, so single-entry asks would only add calls: Wine only.
+        self._batch_size = 1 if _WINE else DEQUEUE_BATCH
         self._singles = 0  # dequeues in a row that found at most one entry
 
     def inline_completed(self) -> None:
@@ -94,7 +98,8 @@ class IocpLoop(Loop):
             # (under Wine each ask is a wineserver request: ACTIVE_KB E15, issue 10), and a
             # relay of one session mostly has one completion to take per wait. A call for one
             # cannot tell whether more were waiting, so every PROBE_EVERY-th asks for a batch.
-            if len(batch) > 1:
+            # Under Wine only: on Windows one kernel transition returns the whole batch.
+            if len(batch) > 1 or not _WINE:
                 self._batch_size, self._singles = DEQUEUE_BATCH, 0
             else:
                 self._singles += 1

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-__all__ = ["NotOnWindowsError", "Prototype", "prototype"]
+__all__ = ["NotOnWindowsError", "Prototype", "prototype", "running_under_wine"]
 
 
 class NotOnWindowsError(NotImplementedError):
@@ -64,3 +64,12 @@ def prototype(library: str, name: str, restype: Any, argtypes: Sequence[Any]) ->
     function.__name__ = name
     result: Prototype = function
     return result
+
+
+def running_under_wine() -> bool:
+    """Whether this is Wine's ntdll (it exports ``wine_get_version``); ``False`` off Windows.
+
+    For tuning to Wine's costs only (ACTIVE_KB E15): behaviour must stay right for Windows."""
+    if sys.platform != "win32":
+        return False
+    return hasattr(_library("ntdll"), "wine_get_version")
