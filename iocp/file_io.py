@@ -12,7 +12,7 @@ from ntdll.structures import OVERLAPPED
 from .operation import Operation
 from .port import PACKET, CompletionPort, IssueResult
 
-__all__ = ["ReadOperation", "WriteOperation", "start_read", "start_write"]
+__all__ = ["ReadOperation", "WriteOperation", "read_operation", "start_read", "start_write"]
 
 _END_OF_DATA = (ntstatus.STATUS_END_OF_FILE, ntstatus.STATUS_PIPE_BROKEN)
 
@@ -44,6 +44,19 @@ class WriteOperation(Operation):
     __slots__ = ()
 
 
+def read_operation(size: int, tag: Any, operation: ReadOperation | None) -> ReadOperation:
+    """A read operation with room for ``size`` bytes: a new one, or ``operation`` (completed)
+    given ``tag``. Raises ``OperationBusyError`` if ``operation`` is still pending and
+    ``ValueError`` if its buffer is too small."""
+    if operation is None:
+        return ReadOperation(tag, ctypes.create_string_buffer(size))
+    reused = operation.buffer  # raises OperationBusyError while still pending
+    if reused is None or ctypes.sizeof(reused) < size:
+        raise ValueError(f"{operation!r}: its buffer is smaller than {size} bytes")
+    operation.tag = tag
+    return operation
+
+
 def _set_offset(overlapped: OVERLAPPED, offset: int) -> None:
     overlapped.Offset = offset & 0xFFFFFFFF
     overlapped.OffsetHigh = offset >> 32
@@ -61,13 +74,7 @@ def start_read(port: CompletionPort, handle: int, size: int, tag: Any = None,
         raise ValueError(f"read size must be between 1 and 2**32-1 bytes, not {size}")
     if offset < 0:
         raise ValueError(f"offset must be >= 0, not {offset}")
-    if operation is None:
-        operation = ReadOperation(tag, ctypes.create_string_buffer(size))
-    else:
-        reused = operation.buffer  # raises OperationBusyError while still pending
-        if reused is None or ctypes.sizeof(reused) < size:
-            raise ValueError(f"{operation!r}: its buffer is smaller than {size} bytes")
-        operation.tag = tag
+    operation = read_operation(size, tag, operation)
     buffer = operation.buffer
     assert buffer is not None
 

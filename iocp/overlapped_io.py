@@ -52,7 +52,7 @@ from ntdll import functions as nt
 from ntdll.functions import Buffer
 from ntdll.structures import OVERLAPPED
 
-from .file_io import ReadOperation, WriteOperation
+from .file_io import ReadOperation, WriteOperation, read_operation
 from .operation import Operation, OperationState
 from .port import PACKET, CompletionPort, IssueResult
 
@@ -133,13 +133,7 @@ class OverlappedIO:
         if not 0 < size <= MAX_TRANSFER:
             raise ValueError(f"read size must be between 1 and {MAX_TRANSFER} bytes, not {size}")
         handle = self.handle
-        if operation is None:
-            operation = ReadOperation(tag, ctypes.create_string_buffer(size))
-        else:
-            reused = operation.buffer  # raises OperationBusyError while still pending
-            if reused is None or ctypes.sizeof(reused) < size:
-                raise ValueError(f"{operation!r}: its buffer is smaller than {size} bytes")
-            operation.tag = tag
+        operation = read_operation(size, tag, operation)
         buffer = operation.buffer
         assert buffer is not None
         self._start(operation, handle, self._read_call, buffer, size)
