@@ -451,12 +451,7 @@ class _PosixChild(Child):
         stays a zombie, so its group can still be killed, until :meth:`close` reaps it."""
         if self._returncode is not None:
             return
-        if self._pid_watch is not None:
-            self._loop._forget(self._pid_watch)
-            self._pid_watch = None
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._stop_watching_exit()
         returncode = self._exit_status()
         if returncode is None:  # pragma: no cover - a pidfd is readable only once it exited
             returncode = self._process.wait()
@@ -465,6 +460,15 @@ class _PosixChild(Child):
         self._returncode = returncode
         if self._on_exit is not None:
             self._on_exit(returncode)
+
+    def _stop_watching_exit(self) -> None:
+        """Forget the pidfd's watch and close the pidfd (once)."""
+        if self._pid_watch is not None:
+            self._loop._forget(self._pid_watch)
+            self._pid_watch = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def _unguard(self) -> None:
         """Tell the guardian the group is no longer its business (once)."""
@@ -490,12 +494,7 @@ class _PosixChild(Child):
         for stream in (self.stdin, self.stdout, self.stderr):
             if stream is not None:
                 stream.close()
-        if self._pid_watch is not None:
-            self._loop._forget(self._pid_watch)
-            self._pid_watch = None
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._stop_watching_exit()
         if self._reaped:
             return
         # Kill what is left of the tree while the (zombie or live) leader keeps the group id

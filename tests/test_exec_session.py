@@ -466,19 +466,25 @@ class _ListenerOutOfFds:
         self.listener.close()
 
 
+def _swap_listener(server: ServerThread, wrapper: object) -> None:
+    """Put ``wrapper`` in the place of the server's listener, on the loop's thread, and wait
+    until it is there."""
+    def swap() -> None:
+        server.server._listener = wrapper  # type: ignore[assignment]
+    server.loop.call_soon_threadsafe(swap)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        current: object = server.server._listener
+        if current is wrapper:
+            break
+        time.sleep(0.01)
+
+
 def test_accept_out_of_fds_backs_off_then_serves() -> None:
     with ServerThread(PYTHON_CAT) as server:
         wrapper = _ListenerOutOfFds(server.server._listener)  # type: ignore[arg-type]
 
-        def swap() -> None:
-            server.server._listener = wrapper  # type: ignore[assignment]
-        server.loop.call_soon_threadsafe(swap)
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            current: object = server.server._listener
-            if current is wrapper:
-                break
-            time.sleep(0.01)
+        _swap_listener(server, wrapper)
         assert exchange(server.address, b"later\n") == b"later\n"
         server.wait_results(1)
     assert wrapper.failures == 1
@@ -710,15 +716,7 @@ def test_an_unexpected_accept_error_backs_off_instead_of_spinning() -> None:
     with ServerThread(PYTHON_CAT) as server:
         wrapper = _ListenerBroken(server.server._listener)  # type: ignore[arg-type]
 
-        def swap() -> None:
-            server.server._listener = wrapper  # type: ignore[assignment]
-        server.loop.call_soon_threadsafe(swap)
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            current: object = server.server._listener
-            if current is wrapper:
-                break
-            time.sleep(0.01)
+        _swap_listener(server, wrapper)
         with connect(server.address) as client:
             deadline = time.monotonic() + WAIT
             while not wrapper.calls and time.monotonic() < deadline:
