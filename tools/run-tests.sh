@@ -29,6 +29,8 @@ bash tools/install-linux.sh || exit 1
 bash tools/install-wine-python.sh || exit 1
 # CPython's asyncio tests for the conformance run of the Wine legs (tests/test_asyncio_conformance.py).
 bash tools/install-cpython-tests.sh || exit 1
+# Tornado, pyzmq and aiodns for tests/test_real_libraries.py (Windows: on tools/winpy's path).
+bash tools/install-real-libraries.sh || exit 1
 venv="$here/.cache/venv/bin"
 logs="$here/.cache/logs"
 mkdir -p "$logs"
@@ -86,7 +88,7 @@ linux_installed_leg() {
     site=$("$leg/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     cd "$leg/run" || return 1
     NTAFD_INSTALLED_AT=$site NTAFD_INSTALLED_SCRIPTS=$leg/venv/bin NTAFD_DIST_DIR=$here/dist \
-        NTAFD_WINE_PYTHONPATH=$(winpath "$here") \
+        NTAFD_WINE_PYTHONPATH=$(winpath "$here") PYTHONPATH="$here/.cache/real-libraries/linux" \
         "$leg/venv/bin/python" -m pytest -p no:cacheprovider tests
 }
 
