@@ -1,9 +1,10 @@
 """Child processes for ``AfdEventLoop``: overlapped pipes, and exits seen on the loop's port.
 
-How a child is started (``_spawn``): each ``PIPE`` is an ``iocp.create_pipe`` pair whose child
+How a child is started (``_spawn``): each ``PIPE`` is an ``iocp.child_stdio_pipe`` whose child
 end is synchronous (children expect ordinary handles) and whose loop end is overlapped; the
-child is created suspended, assigned to the loop's job object, then resumed, so its exit cannot
-happen before the job watches it.
+child is created suspended (``iocp.spawn.popen``: ``CreateProcess`` is tried once more on Wine's
+rare ``ERROR_INTERNAL_ERROR``), assigned to the loop's job object, then resumed, so its exit
+cannot happen before the job watches it.
 
 How its exit is seen: the loop's job object is associated with the loop's completion port, so
 the kernel posts ``JOB_OBJECT_MSG_EXIT_PROCESS`` (or ``ABNORMAL_EXIT_PROCESS``) with the pid to
@@ -27,7 +28,8 @@ import subprocess
 from asyncio import base_subprocess
 from typing import Any
 
-from iocp import Handle, create_pipe
+from iocp import Handle, child_stdio_pipe
+from iocp.spawn import popen
 from ntdll import functions as nt
 from ntdll.structures import JOBOBJECT_EXTENDED_LIMIT_INFORMATION
 
@@ -134,19 +136,13 @@ def _spawn(args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any, bufsize
         for index, spec in enumerate((stdin, stdout, stderr)):
             if spec != subprocess.PIPE:
                 continue
-            if index == 0:
-                child_end, our_end = create_pipe(overlapped_read=False, overlapped_write=True)
-                fd = child_end.detach_to_fd(os.O_RDONLY)
-            else:
-                our_end, child_end = create_pipe(overlapped_read=True, overlapped_write=False)
-                fd = child_end.detach_to_fd(os.O_WRONLY)
+            our_end, fd = child_stdio_pipe(child_reads=index == 0)
             ours[index] = our_end
             theirs.append(fd)
             child[index] = fd
         flags = kwargs.pop("creationflags", 0) | CREATE_SUSPENDED
-        process = subprocess.Popen(args, shell=shell, stdin=child[0], stdout=child[1],
-                                   stderr=child[2], bufsize=bufsize, creationflags=flags,
-                                   **kwargs)
+        process = popen(args, shell=shell, stdin=child[0], stdout=child[1], stderr=child[2],
+                        bufsize=bufsize, creationflags=flags, **kwargs)
     except BaseException:
         for handle in ours:
             if handle is not None:

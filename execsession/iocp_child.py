@@ -1,6 +1,6 @@
 """The IOCP backend's child process: stdio on overlapped pipes, the tree in a job object.
 
-* Child stdio: overlapped named pipes (``iocp.create_pipe``); our ends are associated with the
+* Child stdio: overlapped named pipes (``iocp.child_stdio_pipe``); our ends are associated with the
   loop's port and read/written through :mod:`execsession.iocp_streams` (``iocp.PipeIO``, with
   skip-on-success); the child's ends are synchronous (a child expects ordinary handles) and
   handed over by ``subprocess``, which duplicates them as inheritable for ``CreateProcess`` only.
@@ -22,13 +22,13 @@ import sys
 if sys.platform != "win32":  # pragma: no cover - backends.open_loop() refuses first
     raise ImportError("execsession.iocp_child needs Windows (or Wine)")
 
-import logging
 import os
 import subprocess
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from iocp import Handle, create_pipe
+from iocp import Handle, child_stdio_pipe
+from iocp.spawn import popen
 from ntdll import functions as nt
 from ntdll.structures import JOBOBJECT_EXTENDED_LIMIT_INFORMATION
 
@@ -41,13 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = ["WindowsChild"]
 
-log = logging.getLogger("execsession.iocp_child")
-
 POLL_MIN = 0.002
 POLL_MAX = 0.1
 POLL_IDLE_MAX = 1.0
 """Slowest exit poll while the child's output is still open."""
-ERROR_INTERNAL_ERROR = 1359
 CREATE_SUSPENDED = 0x00000004
 CREATE_NEW_PROCESS_GROUP = 0x00000200  # Ctrl-C in the server's console does not reach it
 
@@ -65,20 +62,6 @@ def _kill_on_close_job() -> Handle:
         job.close()
         raise
     return job
-
-
-def _popen(command: Sequence[str] | str, **options: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen``, tried once more if ``CreateProcess`` fails with
-    ``ERROR_INTERNAL_ERROR`` (1359): seen about once in ten full test runs under Wine with many
-    children starting at once (ACTIVE_KB WE3). Any other failure, or a second 1359, is raised:
-    a failure that persists is never hidden."""
-    try:
-        return subprocess.Popen(command, **options)
-    except OSError as error:
-        if getattr(error, "winerror", None) != ERROR_INTERNAL_ERROR:
-            raise
-        log.warning("CreateProcess failed with ERROR_INTERNAL_ERROR (1359); trying once more")
-        return subprocess.Popen(command, **options)
 
 
 class WindowsChild(Child):
@@ -100,21 +83,17 @@ class WindowsChild(Child):
         theirs: list[int] = []  # fds of the child's ends
         job: Handle | None = None
         try:
-            stdin_r, stdin_w = create_pipe(overlapped_read=False, overlapped_write=True,
-                                           buffer_size=pipe_sizes[0])
-            ours.append(stdin_w)
-            theirs.append(stdin_r.detach_to_fd(os.O_RDONLY))
-            stdout_r, stdout_w = create_pipe(overlapped_read=True, overlapped_write=False,
-                                             buffer_size=pipe_sizes[1])
-            ours.append(stdout_r)
-            theirs.append(stdout_w.detach_to_fd(os.O_WRONLY))
+            for index, child_reads in ((0, True), (1, False)):
+                our_end, fd = child_stdio_pipe(child_reads=child_reads,
+                                               buffer_size=pipe_sizes[index])
+                ours.append(our_end)
+                theirs.append(fd)
             stderr_r: Handle | None = None
             child_stderr: int
             if stderr is StderrMode.SEPARATE:
-                stderr_r, stderr_w = create_pipe(overlapped_read=True, overlapped_write=False,
-                                                 buffer_size=pipe_sizes[2])
+                stderr_r, child_stderr = child_stdio_pipe(child_reads=False,
+                                                          buffer_size=pipe_sizes[2])
                 ours.append(stderr_r)
-                child_stderr = stderr_w.detach_to_fd(os.O_WRONLY)
                 theirs.append(child_stderr)
             elif stderr is StderrMode.MERGE:
                 child_stderr = subprocess.STDOUT
@@ -122,7 +101,7 @@ class WindowsChild(Child):
                 child_stderr = subprocess.DEVNULL
             job = _kill_on_close_job()
             # Suspended until it is in the job: nothing it starts can escape the job.
-            process = _popen(
+            process = popen(
                 command, shell=shell, stdin=theirs[0], stdout=theirs[1], stderr=child_stderr,
                 creationflags=CREATE_SUSPENDED | CREATE_NEW_PROCESS_GROUP, close_fds=True,
                 cwd=cwd, env=env)

@@ -2,6 +2,8 @@
 
 ``CreatePipe`` makes synchronous handles only; overlapped I/O on a pipe needs a named pipe
 opened with ``FILE_FLAG_OVERLAPPED``. Each pair gets a unique name and accepts one client.
+:func:`child_stdio_pipe` makes the pipe of one of a child's standard handles: our end
+overlapped, the child's synchronous (a child expects ordinary handles).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from ntdll import functions as nt
 
 from .handle import Handle
 
-__all__ = ["DEFAULT_PIPE_BUFFER", "create_pipe"]
+__all__ = ["DEFAULT_PIPE_BUFFER", "child_stdio_pipe", "create_pipe"]
 
 DEFAULT_PIPE_BUFFER = 64 * 1024
 
@@ -62,3 +64,24 @@ def create_pipe(*, overlapped_read: bool = True, overlapped_write: bool = True,
         read_end.close()
         raise
     return read_end, write_end
+
+
+def child_stdio_pipe(*, child_reads: bool,
+                     buffer_size: int = DEFAULT_PIPE_BUFFER) -> tuple[Handle, int]:
+    """The pipe of one standard handle of a child: returns ``(ours, theirs)``, our end (for
+    overlapped I/O: we write if ``child_reads``, else we read) and the child's synchronous end
+    as a C runtime file descriptor (what ``subprocess.Popen`` takes; close it once the child is
+    started: ``subprocess`` gives the child its own inheritable duplicate). Windows only. If
+    anything fails, both ends are closed."""
+    if child_reads:
+        theirs, ours = create_pipe(overlapped_read=False, overlapped_write=True,
+                                   buffer_size=buffer_size)
+    else:
+        ours, theirs = create_pipe(overlapped_read=True, overlapped_write=False,
+                                   buffer_size=buffer_size)
+    try:
+        fd = theirs.detach_to_fd(os.O_RDONLY if child_reads else os.O_WRONLY)
+    except BaseException:
+        ours.close()
+        raise
+    return ours, fd

@@ -60,27 +60,38 @@ def test_a_job_reports_its_processes_on_a_port() -> None:
 
 @pytest.mark.windows
 def test_createprocess_internal_error_is_tried_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    """WE3: Wine's CreateProcess rarely fails with ERROR_INTERNAL_ERROR (1359) under load; the
-    spawn tries once more, and a second 1359 (or any other error) is raised as it is."""
-    import subprocess
-
-    from execsession import iocp_child
+    """WE3: the exec backend's spawn (``IocpLoop.spawn`` → ``WindowsChild`` → ``iocp.spawn``)
+    tries ``CreateProcess`` once more after ERROR_INTERNAL_ERROR (1359); a second 1359 is raised
+    (``tests/test_spawn.py`` checks the retry's rules)."""
+    from execsession.backends import open_loop
+    from execsession.config import StderrMode
 
     real = subprocess.Popen
-    failures = [2]
+    failures = [1]
+    calls = [0]
 
     def flaky(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
         if failures[0]:
             failures[0] -= 1
             raise OSError(None, "CreateProcess: Internal error", None, 1359)
         return real(*args, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(subprocess, "Popen", flaky)
-    failures[0] = 1
-    process = iocp_child._popen(["cmd.exe", "/c", "exit 3"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL)
-    assert process.wait(30) == 3
-    failures[0] = 2
-    with pytest.raises(OSError) as raised:
-        iocp_child._popen(["cmd.exe", "/c", "exit 3"])
-    assert getattr(raised.value, "winerror", None) == 1359
+    loop = open_loop("iocp")
+    try:
+        child = loop.spawn(["cmd.exe", "/c", "exit 3"], shell=False, stderr=StderrMode.MERGE,
+                           pipe_sizes=(65536, 65536, 65536))
+        try:
+            assert child._process is not None  # type: ignore[attr-defined]
+            assert child._process.wait(30) == 3  # type: ignore[attr-defined]
+        finally:
+            child.close()
+        assert calls == [2]
+        failures[0] = 2
+        with pytest.raises(OSError) as raised:
+            loop.spawn(["cmd.exe", "/c", "exit 3"], shell=False, stderr=StderrMode.MERGE,
+                       pipe_sizes=(65536, 65536, 65536))
+        assert getattr(raised.value, "winerror", None) == 1359
+    finally:
+        loop.close()
