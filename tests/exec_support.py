@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +19,16 @@ ON_WINDOWS = sys.platform == "win32"
 BACKEND = "iocp" if ON_WINDOWS else "selectors"
 WAIT = 60.0
 """Upper bound of any wait in these tests (they never assert timings)."""
+
+
+def stop_server_process(server: subprocess.Popen[bytes]) -> None:
+    """However a test ended, its server process is gone (killed if still running, waited for
+    at most ``WAIT``) and its output pipe closed: nothing left behind."""
+    if server.poll() is None:
+        server.kill()
+        server.wait(WAIT)
+    if server.stdout is not None:
+        server.stdout.close()
 
 
 def python_child(code: str) -> list[str]:

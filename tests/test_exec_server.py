@@ -36,6 +36,7 @@ from tests.exec_support import (
     exchange,
     pattern,
     process_alive,
+    stop_server_process,
     wait_dead,
 )
 
@@ -322,11 +323,7 @@ def test_real_clients_to_the_windows_server_under_wine(client: str) -> None:
         assert server.returncode == 0
         assert b"exit code 0" in output
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(WAIT)
-        if server.stdout is not None:
-            server.stdout.close()
+        stop_server_process(server)
 
 
 # -- issue 11: bad backends, and no child outlives the server -------------------------------
@@ -477,11 +474,7 @@ def test_a_killed_windows_server_takes_its_children_with_it() -> None:
                 pass  # closed by the system: a reset is as good as a FIN here
         server.wait(WAIT)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(WAIT)
-        if server.stdout is not None:
-            server.stdout.close()
+        stop_server_process(server)
         subprocess.run([str(WINPY), "--stop"], env=env, timeout=WAIT, check=False)
 
 

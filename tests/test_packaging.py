@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from ntdll import __version__, speedups
+from tests.exec_support import stop_server_process
 
 PACKAGES = ("ntdll", "iocp", "afd", "execsession", "poc")
 INSTALLED_AT = os.environ.get("NTAFD_INSTALLED_AT")
@@ -123,11 +124,7 @@ def test_the_exec_command_serves_a_client() -> None:
         output, _ = server.communicate(timeout=WAIT)
         assert server.returncode == 0, (seen + output).decode(errors="replace")
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(WAIT)
-        if server.stdout is not None:
-            server.stdout.close()
+        stop_server_process(server)
 
 
 def _sdist() -> Path:
