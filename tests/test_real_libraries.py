@@ -138,8 +138,8 @@ def test_tornado_http_server_and_client_without_the_selector_thread() -> None:
 
 def test_pyzmq_req_rep_and_dealer_router_without_the_selector_thread() -> None:
     """zmq.asyncio REQ/REP and DEALER/ROUTER over tcp://127.0.0.1: multipart messages of random
-    sizes up to 2 MiB come back byte-exact; pyzmq registered its sockets' FDs with the loop
-    itself (no entry in its registry of selector threads, no warning)."""
+    sizes up to 2 MiB come back byte-exact; pyzmq registered its sockets' FDs with the loop's
+    own selector (no entry in its registry of selector threads, no warning)."""
     need("zmq.asyncio")
     import zmq
     import zmq.asyncio
@@ -165,6 +165,9 @@ def test_pyzmq_req_rep_and_dealer_router_without_the_selector_thread() -> None:
                 await req.send_multipart(message)
                 assert await req.recv_multipart() == [b"re", *message[::-1]]
             await server
+            # zmq.asyncio watches each socket's ZMQ_FD with the loop's own add_reader.
+            selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+            assert {req.FD, rep.FD} <= set(selector.get_map())
         finally:
             req.close(linger=0)
             rep.close(linger=0)
