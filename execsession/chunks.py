@@ -27,7 +27,7 @@ class ChunkQueue:
     __slots__ = ("_chunks", "_offset", "_size")
 
     def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self._offset = 0  # bytes of _chunks[0] already consumed
         self._size = 0
 
@@ -37,13 +37,13 @@ class ChunkQueue:
     def __bool__(self) -> bool:
         return self._size > 0
 
-    def append(self, data: bytes) -> None:
-        """Queue ``data`` (kept, not copied: pass an immutable ``bytes``)."""
+    def append(self, data: bytes | memoryview) -> None:
+        """Queue ``data`` (kept, not copied: pass ``bytes``, or a view nobody changes)."""
         if data:
             self._chunks.append(data)
             self._size += len(data)
 
-    def peek(self, limit: int) -> bytes:
+    def peek(self, limit: int) -> bytes | memoryview:
         """The first ``min(limit, len(self))`` bytes at most (at least one byte if any are
         queued, ``limit`` >= 1): the first chunk itself when it fits whole, else a copy.
         Small chunks that fit together under ``limit`` are joined into one."""

@@ -323,7 +323,7 @@ class ExecSession:
             self._writing_child = True
             chunk = self._to_child.peek(self._write_chunk(self._in_flow))
             self._inflight_child = len(chunk)
-            child.stdin.write(chunk, self._on_stdin_written)
+            child.stdin.write_chunk(chunk, self._on_stdin_written)
         elif (self._client_eof and not self._to_child and not self._writing_child
               and not self._stdin_closed):
             self._stdin_closed = True
@@ -347,7 +347,7 @@ class ExecSession:
             self._writing_client = True
             chunk = self._to_client.peek(self._write_chunk(self._out_flow))
             self._inflight_client = len(chunk)
-            client.write(chunk, self._on_client_written)
+            client.write_chunk(chunk, self._on_client_written)
         elif (self._out_eof and self._err_eof and not self._to_client
               and not self._writing_client and not self._shut_wr):
             self._shut_wr = True
@@ -377,7 +377,7 @@ class ExecSession:
         self._last_activity = self.loop.time()
         self._active = True
 
-    def _on_client_data(self, data: bytes, error: BaseException | None) -> None:
+    def _on_client_data(self, data: bytes | memoryview, error: BaseException | None) -> None:
         self._reading_client = False
         asked, self._reserved_child = self._reserved_child, 0
         if self._aborting is not None or self._finished:
@@ -397,7 +397,7 @@ class ExecSession:
                 self._to_child.append(data)
         self._pump()
 
-    def _on_client_discard(self, data: bytes, error: BaseException | None) -> None:
+    def _on_client_discard(self, data: bytes | memoryview, error: BaseException | None) -> None:
         self._reading_client = False
         if self._aborting is not None or self._finished:
             return
@@ -432,7 +432,7 @@ class ExecSession:
             self._activity()
         self._pump()
 
-    def _on_stdout_data(self, data: bytes, error: BaseException | None) -> None:
+    def _on_stdout_data(self, data: bytes | memoryview, error: BaseException | None) -> None:
         self._reading_out = False
         asked, self._reserved_client = self._reserved_client, 0
         if self._aborting is not None or self._finished:
@@ -449,7 +449,7 @@ class ExecSession:
             self._activity()
         self._pump()
 
-    def _on_stderr_data(self, data: bytes, error: BaseException | None) -> None:
+    def _on_stderr_data(self, data: bytes | memoryview, error: BaseException | None) -> None:
         self._reading_err = False
         if self._aborting is not None or self._finished:
             return
@@ -460,7 +460,7 @@ class ExecSession:
             self._activity()
             if self._stderr_sink is not None:
                 try:
-                    self._stderr_sink(data)
+                    self._stderr_sink(bytes(data))
                 except Exception:  # a broken sink must not break the relay
                     log.exception("stderr sink failed; dropping the child's stderr")
                     self._stderr_sink = None

@@ -8,7 +8,7 @@ reads and writes; ``iocp.pipes`` makes overlapped pipes. :class:`SocketIO` and :
 once handled inline (skip-on-success) and the others through the port.
 """
 
-from .file_io import ReadOperation, WriteOperation, start_read, start_write
+from .file_io import ReadOperation, ViewWriteOperation, WriteOperation, start_read, start_write
 from .handle import Handle
 from .operation import Operation, OperationBusyError, OperationState
 from .overlapped_io import OverlappedIO, set_skip_on_success
@@ -41,6 +41,7 @@ __all__ = [
     "PortClosedError",
     "ReadOperation",
     "SocketIO",
+    "ViewWriteOperation",
     "WriteOperation",
     "create_pipe",
     "relative_timeout",
