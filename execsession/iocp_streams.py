@@ -48,6 +48,9 @@ PIPE_KEY = 1
 SOCKET_KEY = 3
 READ_MAX = 1024 * 1024
 """The largest single read (sessions ask for what their buffers have room for)."""
+READ_BUFFERS = 3
+"""Read buffers a stream keeps: one being read into, one whose bytes are queued, one whose
+bytes are being written out (a pending write)."""
 VIEW_FILL = 4
 """A read is handed out as a view of its buffer when it filled at least 1/VIEW_FILL of it."""
 _EMPTY = ctypes.create_string_buffer(0)
@@ -81,15 +84,22 @@ class OverlappedStream(Stream):
         current = self._read_op
         if current is not None and current.pending:
             raise OperationBusyError(f"{self._what}: a read is still pending")
-        reused = self._free_buffer(size)
+        operation = self._free_buffer(size)
+        if operation is None:
+            # Double-buffered: keep the one whose bytes are still queued or being written (it
+            # is free again once they are out) and this new one, sized up to a power of two
+            # and never below the largest before, so that reads of varying sizes (the room
+            # left in the session's buffer) fit the two buffers again and again.
+            capacity = max([1 << max(12, (size - 1).bit_length()),
+                            *[ctypes.sizeof(op.buffer or _EMPTY) for op in self._reads]])
+            operation = ReadOperation(self, ctypes.create_string_buffer(capacity))
+            self._reads = [*[op for op in self._reads if op.views_alive][1 - READ_BUFFERS:],
+                           operation]
         try:
-            operation = self._io.read(size, tag=self, operation=reused)
+            operation = self._read_op = self._io.read(size, tag=self, operation=operation)
         except OSError as error:
             self._loop.call_soon(self._deliver_read, callback, b"", error)
             return
-        self._read_op = operation
-        if operation is not reused:  # double-buffered: keep the newest and the one before
-            self._reads = [*self._reads[-1:], operation]
         if operation.state is OperationState.COMPLETED:
             self._loop.inline_completed()
             data, failure = self._read_result(operation)
