@@ -98,13 +98,16 @@ class OverlappedStream(Stream):
         try:
             operation = self._read_op = self._io.read(size, tag=self, operation=operation)
         except OSError as error:
+            self.read_at_once = False
             self._loop.call_soon(self._deliver_read, callback, b"", error)
             return
         if operation.state is OperationState.COMPLETED:
             self._loop.inline_completed()
             data, failure = self._read_result(operation)
+            self.read_at_once = True
             self._loop.call_soon(self._deliver_read, callback, data, failure)
         else:
+            self.read_at_once = False
             self._read_cb = callback
 
     def _free_buffer(self, size: int) -> ReadOperation | None:

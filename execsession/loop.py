@@ -65,6 +65,11 @@ class Owned:
 class Stream(Owned, ABC):
     """One end of a socket or pipe, driven by the loop."""
 
+    read_at_once = False
+    """True right after :meth:`read` when its bytes were there already (the callback still
+    comes on a later turn): a caller may hold back a write to join them to it (one larger
+    write instead of two)."""
+
     @abstractmethod
     def read(self, size: int, callback: ReadCallback) -> None:
         """Read up to ``size`` bytes; ``callback`` gets them later (never re-entrantly)."""
