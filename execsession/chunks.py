@@ -5,9 +5,10 @@ write, and it is reallocated as it swings between empty and its largest size —
 Windows heap serves blocks over ~0.5 MiB straight from ``NtAllocateVirtualMemory`` (``mmap``),
 so a 1 MiB buffer emptied and refilled maps and page-faults fresh memory each time (ACTIVE_KB,
 issue 10: page faults per MiB 5x the threaded relay's at 1 MiB buffers). Here a read's
-``bytes`` object is kept as it is and handed to the write as it is: no copy in the session
-unless a write took only part of a chunk, or several small chunks are joined into one write
-(fewer calls for interactive traffic).
+``bytes`` object — or the ``memoryview`` of its buffer that a backend hands out instead (the
+IOCP streams: no copy at all, ACTIVE_KB W10) — is kept as it is and handed to the write as it
+is: no copy in the session unless a write took only part of a chunk, or several small chunks
+are joined into one write (fewer calls for interactive traffic).
 
 Rules: the head is only dropped by :meth:`consume` (a write *completed* with that many bytes),
 so a partial write loses and reorders nothing; :meth:`peek` returns the same bytes again until

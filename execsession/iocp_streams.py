@@ -7,6 +7,13 @@ re-entrantly) and counted against the loop's inline budget — or completes late
 port, where :meth:`OverlappedStream.completed` delivers it. A closed stream calls back no more;
 the port keeps a cancelled request's memory until its completion is dequeued.
 
+No copy per chunk: a read that filled a good part of its buffer is handed to the session as a
+``memoryview`` of the read's own buffer (:meth:`iocp.ReadOperation.view`), which the session
+queues and the other stream writes from where it is (:meth:`iocp.OverlappedIO.write_from`).
+A buffer is read into again only once no view of it lives (``views_alive``: the chunk was
+written out), so each stream keeps up to :data:`READ_BUFFERS` of them and allocates one only
+when all are in use (ACTIVE_KB W10).
+
 Why not AFD readiness polls plus non-blocking calls for the socket (the earlier design, DE1):
 a poll is a request of its own and its completion a packet, before the ``recv`` that a
 completed ``WSARecv`` already did; with skip-on-success most requests of a busy relay complete
@@ -67,7 +74,7 @@ class OverlappedStream(Stream):
         self._sock = sock
         self._closed = False
         self._read_op: ReadOperation | None = None
-        self._reads: list[ReadOperation] = []  # at most two: see read()
+        self._reads: list[ReadOperation] = []  # at most READ_BUFFERS: see read()
         self._read_cb: ReadCallback | None = None
         self._write_cb: WriteCallback | None = None
         self._write_op: WriteOperation | None = None
@@ -86,10 +93,11 @@ class OverlappedStream(Stream):
             raise OperationBusyError(f"{self._what}: a read is still pending")
         operation = self._free_buffer(size)
         if operation is None:
-            # Double-buffered: keep the one whose bytes are still queued or being written (it
-            # is free again once they are out) and this new one, sized up to a power of two
-            # and never below the largest before, so that reads of varying sizes (the room
-            # left in the session's buffer) fit the two buffers again and again.
+            # All in use: keep the newest READ_BUFFERS - 1 whose bytes are still queued or
+            # being written (each is free again once its bytes are out; one dropped here lives
+            # on for as long as its views do) and this new one, sized up to a power of two and
+            # never below the largest before, so that reads of varying sizes (the room left in
+            # the session's buffer) fit the same buffers again and again.
             capacity = max([1 << max(12, (size - 1).bit_length()),
                             *[ctypes.sizeof(op.buffer or _EMPTY) for op in self._reads]])
             operation = ReadOperation(self, ctypes.create_string_buffer(capacity))
@@ -111,8 +119,8 @@ class OverlappedStream(Stream):
             self._read_cb = callback
 
     def _free_buffer(self, size: int) -> ReadOperation | None:
-        """One of this stream's two read operations that may be issued again with ``size``
-        bytes: no view of its bytes lives (chunks not yet written out hold their buffer)."""
+        """One of this stream's read operations that may be issued again with ``size`` bytes:
+        no view of its bytes lives (chunks not yet written out hold their buffer)."""
         for operation in self._reads:
             if not operation.views_alive and ctypes.sizeof(operation.buffer or _EMPTY) >= size:
                 return operation
