@@ -5,9 +5,10 @@ write, and it is reallocated as it swings between empty and its largest size —
 Windows heap serves blocks over ~0.5 MiB straight from ``NtAllocateVirtualMemory`` (``mmap``),
 so a 1 MiB buffer emptied and refilled maps and page-faults fresh memory each time (ACTIVE_KB,
 issue 10: page faults per MiB 5x the threaded relay's at 1 MiB buffers). Here a read's
-``bytes`` object is kept as it is and handed to the write as it is: no copy in the session
-unless a write took only part of a chunk, or several small chunks are joined into one write
-(fewer calls for interactive traffic).
+``bytes`` object — or the ``memoryview`` of its buffer that a backend hands out instead (the
+IOCP streams: no copy at all, ACTIVE_KB W10) — is kept as it is and handed to the write as it
+is: no copy in the session unless a write took only part of a chunk, or several small chunks
+are joined into one write (fewer calls for interactive traffic).
 
 Rules: the head is only dropped by :meth:`consume` (a write *completed* with that many bytes),
 so a partial write loses and reorders nothing; :meth:`peek` returns the same bytes again until
@@ -27,7 +28,7 @@ class ChunkQueue:
     __slots__ = ("_chunks", "_offset", "_size")
 
     def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self._offset = 0  # bytes of _chunks[0] already consumed
         self._size = 0
 
@@ -37,13 +38,13 @@ class ChunkQueue:
     def __bool__(self) -> bool:
         return self._size > 0
 
-    def append(self, data: bytes) -> None:
-        """Queue ``data`` (kept, not copied: pass an immutable ``bytes``)."""
+    def append(self, data: bytes | memoryview) -> None:
+        """Queue ``data`` (kept, not copied: pass ``bytes``, or a view nobody changes)."""
         if data:
             self._chunks.append(data)
             self._size += len(data)
 
-    def peek(self, limit: int) -> bytes:
+    def peek(self, limit: int) -> bytes | memoryview:
         """The first ``min(limit, len(self))`` bytes at most (at least one byte if any are
         queued, ``limit`` >= 1): the first chunk itself when it fits whole, else a copy.
         Small chunks that fit together under ``limit`` are joined into one."""

@@ -7,6 +7,13 @@ re-entrantly) and counted against the loop's inline budget — or completes late
 port, where :meth:`OverlappedStream.completed` delivers it. A closed stream calls back no more;
 the port keeps a cancelled request's memory until its completion is dequeued.
 
+No copy per chunk: a read that filled a good part of its buffer is handed to the session as a
+``memoryview`` of the read's own buffer (:meth:`iocp.ReadOperation.view`), which the session
+queues and the other stream writes from where it is (:meth:`iocp.OverlappedIO.write_from`).
+A buffer is read into again only once no view of it lives (``views_alive``: the chunk was
+written out), so each stream keeps up to :data:`READ_BUFFERS` of them and allocates one only
+when all are in use (ACTIVE_KB W10).
+
 Why not AFD readiness polls plus non-blocking calls for the socket (the earlier design, DE1):
 a poll is a request of its own and its completion a packet, before the ``recv`` that a
 completed ``WSARecv`` already did; with skip-on-success most requests of a busy relay complete
@@ -26,6 +33,7 @@ if sys.platform != "win32":  # pragma: no cover - backends.open_loop() refuses f
 from iocp import (
     Handle,
     Operation,
+    OperationBusyError,
     OperationState,
     OverlappedIO,
     PipeIO,
@@ -47,6 +55,12 @@ PIPE_KEY = 1
 SOCKET_KEY = 3
 READ_MAX = 1024 * 1024
 """The largest single read (sessions ask for what their buffers have room for)."""
+READ_BUFFERS = 3
+"""Read buffers a stream keeps: one being read into, one whose bytes are queued, one whose
+bytes are being written out (a pending write)."""
+VIEW_FILL = 4
+"""A read is handed out as a view of its buffer when it filled at least 1/VIEW_FILL of it."""
+_EMPTY = ctypes.create_string_buffer(0)
 
 
 class OverlappedStream(Stream):
@@ -60,6 +74,7 @@ class OverlappedStream(Stream):
         self._sock = sock
         self._closed = False
         self._read_op: ReadOperation | None = None
+        self._reads: list[ReadOperation] = []  # at most READ_BUFFERS: see read()
         self._read_cb: ReadCallback | None = None
         self._write_cb: WriteCallback | None = None
         self._write_op: WriteOperation | None = None
@@ -73,30 +88,55 @@ class OverlappedStream(Stream):
         if self._closed:
             raise ValueError(f"read on a closed {self._what}")
         size = min(size, READ_MAX)
-        operation = self._read_op
-        if operation is not None:
-            buffer = operation.buffer  # raises OperationBusyError if a read is still pending
-            if buffer is None or ctypes.sizeof(buffer) < size:
-                operation = None  # a bigger buffer: reads follow the session's room
+        current = self._read_op
+        if current is not None and current.pending:
+            raise OperationBusyError(f"{self._what}: a read is still pending")
+        operation = self._free_buffer(size)
+        if operation is None:
+            # All in use: keep the newest READ_BUFFERS - 1 whose bytes are still queued or
+            # being written (each is free again once its bytes are out; one dropped here lives
+            # on for as long as its views do) and this new one, sized up to a power of two and
+            # never below the largest before, so that reads of varying sizes (the room left in
+            # the session's buffer) fit the same buffers again and again.
+            capacity = max([1 << max(12, (size - 1).bit_length()),
+                            *[ctypes.sizeof(op.buffer or _EMPTY) for op in self._reads]])
+            operation = ReadOperation(self, ctypes.create_string_buffer(capacity))
+            self._reads = [*[op for op in self._reads if op.views_alive][1 - READ_BUFFERS:],
+                           operation]
         try:
             operation = self._read_op = self._io.read(size, tag=self, operation=operation)
         except OSError as error:
+            self.read_at_once = False
             self._loop.call_soon(self._deliver_read, callback, b"", error)
             return
         if operation.state is OperationState.COMPLETED:
             self._loop.inline_completed()
             data, failure = self._read_result(operation)
+            self.read_at_once = True
             self._loop.call_soon(self._deliver_read, callback, data, failure)
         else:
+            self.read_at_once = False
             self._read_cb = callback
 
+    def _free_buffer(self, size: int) -> ReadOperation | None:
+        """One of this stream's read operations that may be issued again with ``size`` bytes:
+        no view of its bytes lives (chunks not yet written out hold their buffer)."""
+        for operation in self._reads:
+            if not operation.views_alive and ctypes.sizeof(operation.buffer or _EMPTY) >= size:
+                return operation
+        return None
+
     def write(self, data: bytes, callback: WriteCallback) -> None:
+        self.write_chunk(data, callback)
+
+    def write_chunk(self, data: bytes | memoryview, callback: WriteCallback) -> None:
         if self._closed:
             raise ValueError(f"write on a closed {self._what}")
-        # A fresh buffer per write, not the last one's: reusing it measured no faster (ACTIVE_KB
+        # A view of a read's buffer is written from where it is (no copy); bytes are copied
+        # into a fresh buffer per write: reusing the last one measured no faster (ACTIVE_KB
         # issue 10) and would keep a chunk-sized buffer per idle session.
         try:
-            operation = self._write_op = self._io.write(data, tag=self)
+            operation = self._write_op = self._io.write_from(data, tag=self)
         except OSError as error:  # BrokenPipeError: the child closed its stdin
             self._loop.call_soon(self._deliver_write, callback, 0, error)
             return
@@ -108,10 +148,17 @@ class OverlappedStream(Stream):
             self._write_cb = callback
 
     # -- results -------------------------------------------------------------------------------
-    def _read_result(self, operation: ReadOperation) -> tuple[bytes, BaseException | None]:
+    def _read_result(self, operation: ReadOperation
+                     ) -> tuple[bytes | memoryview, BaseException | None]:
         if operation.at_end:
             return b"", None
         if operation.succeeded:
+            # A read that filled a good part of its buffer is handed out as a view of it (no
+            # copy; the buffer is not read into again while the view lives): the memory a
+            # session holds stays within VIEW_FILL times its bytes. Smaller reads are copied,
+            # and the buffer is free again at once.
+            if operation.information * VIEW_FILL >= ctypes.sizeof(operation.buffer or _EMPTY):
+                return operation.view(), None
             return operation.data, None
         return b"", self._failure(operation, "read")
 
@@ -140,7 +187,7 @@ class OverlappedStream(Stream):
                 else:
                     write_cb(0, self._failure(operation, "write"))
 
-    def _deliver_read(self, callback: ReadCallback, data: bytes,
+    def _deliver_read(self, callback: ReadCallback, data: bytes | memoryview,
                       error: BaseException | None) -> None:
         if not self._closed:
             callback(data, error)

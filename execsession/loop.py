@@ -39,8 +39,11 @@ log = logging.getLogger("execsession.loop")
 
 MAX_SKIPPED_WAITS = 16
 
-ReadCallback = Callable[[bytes, BaseException | None], None]
-"""Called with the bytes read (``b""`` at end of data) or, on failure, ``b""`` and the error."""
+ReadCallback = Callable[[bytes | memoryview, BaseException | None], None]
+"""Called with the bytes read (``b""`` at end of data) or, on failure, ``b""`` and the error.
+A backend may hand out a ``memoryview`` of its read buffer instead of ``bytes`` (no copy): it
+is valid for as long as it is referenced (the backend reads into other memory meanwhile), and
+:meth:`Stream.write_chunk` writes it without a copy."""
 WriteCallback = Callable[[int, BaseException | None], None]
 """Called with the number of bytes written (maybe fewer than asked) or ``0`` and the error."""
 
@@ -62,6 +65,11 @@ class Owned:
 class Stream(Owned, ABC):
     """One end of a socket or pipe, driven by the loop."""
 
+    read_at_once = False
+    """True right after :meth:`read` when its bytes were there already (the callback still
+    comes on a later turn): a caller may hold back a write to join them to it (one larger
+    write instead of two)."""
+
     @abstractmethod
     def read(self, size: int, callback: ReadCallback) -> None:
         """Read up to ``size`` bytes; ``callback`` gets them later (never re-entrantly)."""
@@ -69,6 +77,11 @@ class Stream(Owned, ABC):
     @abstractmethod
     def write(self, data: bytes, callback: WriteCallback) -> None:
         """Write a prefix of ``data`` (the stream keeps its own reference until done)."""
+
+    def write_chunk(self, data: bytes | memoryview, callback: WriteCallback) -> None:
+        """:meth:`write` for what a read delivered (``bytes``, or a backend's ``memoryview``:
+        written from where it is if the backend can, else copied)."""
+        self.write(data if type(data) is bytes else bytes(data), callback)
 
     @abstractmethod
     def shutdown_write(self) -> None:

@@ -10,7 +10,7 @@ rules) read and write sockets and pipes with requests that complete at once hand
 (skip-on-success) and the others through the port.
 """
 
-from .file_io import ReadOperation, WriteOperation, start_read, start_write
+from .file_io import ReadOperation, ViewWriteOperation, WriteOperation, start_read, start_write
 from .handle import Handle
 from .operation import Operation, OperationBusyError, OperationState
 from .overlapped_io import OverlappedIO, set_skip_on_success
@@ -43,6 +43,7 @@ __all__ = [
     "PortClosedError",
     "ReadOperation",
     "SocketIO",
+    "ViewWriteOperation",
     "WriteOperation",
     "child_stdio_pipe",
     "create_pipe",

@@ -39,7 +39,12 @@ The operation owns its ``OVERLAPPED`` and buffer. A pending one is held by the p
 completion is dequeued, whatever happens to the caller (see :mod:`iocp.port`); an inline one is
 ``COMPLETED`` before ``read``/``write`` returns, so its buffer is the caller's again at once.
 A read operation may be passed back to ``read`` to reuse its buffer once it is completed
-(``OperationBusyError`` while pending). Writes copy the data into the operation's own buffer.
+(``OperationBusyError`` while pending). Writes copy the data into the operation's own buffer,
+except :meth:`OverlappedIO.write_from`, which sends a read's bytes from the read's own buffer
+(:meth:`ReadOperation.view`): the write operation holds that buffer until it completes, and the
+read refuses to be issued again while the write (or any view) is alive, so a relay moves each
+chunk with no copy and no allocation in Python, double-buffered (one buffer being written out
+while the next read fills another).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from ntdll import functions as nt
 from ntdll.functions import Buffer
 from ntdll.structures import OVERLAPPED
 
-from .file_io import ReadOperation, WriteOperation, read_operation
+from .file_io import ReadOperation, ViewWriteOperation, WriteOperation, read_operation
 from .operation import Operation, OperationState
 from .port import PACKET, CompletionPort, IssueResult
 
@@ -151,7 +156,7 @@ class OverlappedIO:
             raise ValueError(f"write size must be between 1 and {MAX_TRANSFER} bytes, not {size}")
         handle = self.handle
         buffer = None
-        if operation is not None:
+        if operation is not None and type(operation) is not ViewWriteOperation:
             buffer = operation.buffer  # raises OperationBusyError while still pending
             if buffer is not None and ctypes.sizeof(buffer) >= size:
                 source = data if type(data) is bytes else bytes(data)
@@ -164,6 +169,29 @@ class OverlappedIO:
             operation = WriteOperation(tag, buffer)
         assert operation is not None
         self._start(operation, handle, self._write_call, buffer, size)
+        return operation
+
+    def write_from(self, view: bytes | bytearray | memoryview, tag: Any = None) -> WriteOperation:
+        """Start writing the bytes of ``view`` — made by :meth:`ReadOperation.view` (of any
+        handle's read), or a slice of one that starts where it starts — *without copying
+        them*: the operation holds the read's buffer until it completes, and the read refuses
+        to be issued again meanwhile. Any other bytes-like object (a slice that starts further
+        in, ``bytes``...) is copied as by :meth:`write`. Returns and raises as :meth:`write`.
+        """
+        if type(view) is not memoryview:
+            return self.write(view, tag)
+        size = view.nbytes
+        base = view.obj
+        if (not isinstance(base, ctypes.Array) or base._type_ is not ctypes.c_char
+                or not 0 < size <= MAX_TRANSFER or view.readonly or not view.c_contiguous):
+            return self.write(view, tag)
+        # Only a view that starts at its buffer's start: the transfer is given the buffer
+        # itself (its address is where the bytes are), so no ctypes object is made per write.
+        if ctypes.addressof(ctypes.c_char.from_buffer(view)) != ctypes.addressof(base):
+            return self.write(view, tag)
+        handle = self.handle
+        operation = ViewWriteOperation(tag, base)
+        self._start(operation, handle, self._write_call, base, size)
         return operation
 
     def _start(self, operation: Operation, handle: int, call: Transfer, buffer: Buffer,

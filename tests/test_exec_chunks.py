@@ -22,7 +22,7 @@ def test_random_appends_peeks_and_partial_consumes_match_a_bytearray() -> None:
             elif queue:
                 limit = rng.randint(1, 150)
                 head = queue.peek(limit)
-                assert 1 <= len(head) <= limit and head == reference[:len(head)]
+                assert 1 <= len(head) <= limit and bytes(head) == reference[:len(head)]
                 count = rng.randint(0, len(head))
                 queue.consume(count)
                 del reference[:count]

@@ -243,3 +243,112 @@ def test_inline_completions_cannot_starve_the_port() -> None:
     finally:
         loop.close()
     assert delivered_after[0] <= 200 + INLINE_BUDGET  # one iteration's callbacks at most
+
+
+@pytest.mark.windows
+def test_iocp_streams_hand_out_views_that_never_change_and_reuse_few_buffers() -> None:
+    """Two IOCP socket streams on one loop relay 6 MiB as a session does (reads delivered as
+    views of the stream's buffers, queued a random while, written from where they are) to a
+    peer that reads slowly: every view's bytes stay as read until written, the output is
+    byte-exact, and the source stream keeps at most READ_BUFFERS buffers."""
+    from execsession.backends import open_loop
+    from execsession.chunks import ChunkQueue
+    from execsession.iocp_streams import READ_BUFFERS, OverlappedStream
+
+    rng = random.Random(11)
+    data = rng.randbytes(6 * 1024 * 1024)
+    loop = open_loop("iocp")
+    a_ours, a_peer = socket.socketpair()
+    b_ours, b_peer = socket.socketpair()
+    b_ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+    received = bytearray()
+
+    def send() -> None:
+        sender_rng = random.Random(12)
+        sent = 0
+        while sent < len(data):
+            size = sender_rng.randint(1, 300_000)
+            a_peer.sendall(data[sent:sent + size])
+            sent += size
+            if sender_rng.random() < 0.1:
+                time.sleep(0.003)
+        a_peer.shutdown(socket.SHUT_WR)
+
+    def receive() -> None:
+        receiver_rng = random.Random(13)
+        while len(received) < len(data):
+            piece = b_peer.recv(receiver_rng.randint(1, 150_000))
+            if not piece:
+                break
+            received.extend(piece)
+            if receiver_rng.random() < 0.05:
+                time.sleep(0.01)
+
+    queue = ChunkQueue()
+    pairs: list[tuple[bytes | memoryview, bytes]] = []  # each queued chunk, and its bytes
+    state = {"reading": False, "writing": False, "eof": False}
+    counts = {"views": 0, "most": 0}
+    source = target = None
+    try:
+        a_peer.settimeout(WAIT)
+        b_peer.settimeout(WAIT)
+        source = loop.socket_stream(a_ours)
+        target = loop.socket_stream(b_ours)
+        assert isinstance(source, OverlappedStream)
+
+        def on_read(chunk: bytes | memoryview, error: BaseException | None) -> None:
+            state["reading"] = False
+            assert error is None
+            if not chunk:
+                state["eof"] = True
+            else:
+                counts["views"] += type(chunk) is memoryview
+                queue.append(chunk)
+                pairs.append((chunk, bytes(chunk)))
+            pump()
+
+        def on_written(count: int, error: BaseException | None) -> None:
+            state["writing"] = False
+            assert error is None
+            for chunk, copy in pairs:  # every queued view still holds what was read
+                assert bytes(chunk) == copy, "a view changed before it was written"
+            queue.consume(count)
+            while count:
+                chunk, copy = pairs[0]
+                if count < len(copy):
+                    pairs[0] = (chunk[count:], copy[count:])
+                    break
+                count -= len(copy)
+                pairs.pop(0)
+            pump()
+
+        def pump() -> None:
+            assert source is not None and target is not None
+            counts["most"] = max(counts["most"], len(source._reads))
+            if not state["reading"] and not state["eof"] and len(queue) < 1024 * 1024:
+                state["reading"] = True
+                source.read(rng.choice([4096, 65536, 256 * 1024]), on_read)
+            if queue and not state["writing"] and rng.random() < 0.8:
+                state["writing"] = True
+                target.write_chunk(queue.peek(rng.randint(1, 300_000)), on_written)
+            elif queue and not state["writing"]:
+                loop.call_later(0.001, pump)  # held a while longer, as a busy session would
+
+        threads = [threading.Thread(target=send, daemon=True),
+                   threading.Thread(target=receive, daemon=True)]
+        for thread in threads:
+            thread.start()
+        loop.call_soon(pump)
+        assert loop.run(until=lambda: state["eof"] and not queue and not state["writing"],
+                        timeout=60)
+        for thread in threads:
+            thread.join(WAIT)
+    finally:
+        for stream in (source, target):
+            if stream is not None:
+                stream.close()
+        loop.close()
+        for sock in (a_ours, a_peer, b_ours, b_peer):
+            sock.close()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+    assert counts["views"] > 0 and counts["most"] <= READ_BUFFERS

@@ -601,11 +601,11 @@ def test_one_failing_callback_loses_nothing_else_in_its_batch() -> None:
             streams[0].failure_handler = failures.append
             got: list[bytes] = []
 
-            def explode(data: bytes, error: BaseException | None) -> None:
+            def explode(data: bytes | memoryview, error: BaseException | None) -> None:
                 raise RuntimeError("injected: a completion callback failed")
 
-            def keep(data: bytes, error: BaseException | None) -> None:
-                got.append(data)
+            def keep(data: bytes | memoryview, error: BaseException | None) -> None:
+                got.append(bytes(data))
 
             streams[0].read(100, explode)
             streams[1].read(100, keep)
@@ -634,8 +634,9 @@ def test_a_failing_session_ends_alone_and_the_server_keeps_serving(
     are served as usual."""
     original = ExecSession._on_stdout_data
 
-    def faulty(self: ExecSession, data: bytes, error: BaseException | None) -> None:
-        if b"boom" in data:
+    def faulty(self: ExecSession, data: bytes | memoryview, error: BaseException | None
+               ) -> None:
+        if b"boom" in bytes(data):
             raise RuntimeError("injected failure in a session callback")
         original(self, data, error)
 
