@@ -85,11 +85,15 @@ class Child(Owned, ABC):
     Its exit is reported once the child itself has exited; what it started may still run (and
     hold its output pipes) until :meth:`kill` or :meth:`close`, which kill the whole tree."""
 
-    pid: int
+    pid: int | None
+    """``None`` until the process runs (a backend may start it in the background)."""
     stdin: Stream
     stdout: Stream
     stderr: Stream | None
     """Only in :attr:`StderrMode.SEPARATE`."""
+    spawn_failure_handler: Callable[[BaseException], None] | None = None
+    """Called (on the loop's thread) if a process started in the background could not be
+    started after all (no such program...); its streams then lead nowhere."""
 
     @abstractmethod
     def watch_exit(self, callback: Callable[[int], None]) -> None:

@@ -221,13 +221,10 @@ class ExecSession:
                                                  config.stderr_buffer),
                                      cwd=self._cwd, env=self._env)
         except (OSError, ValueError) as error:
-            log.warning("cannot start %r: %s", self._command, str(error))
-            self._error = f"{type(error).__name__}: {error}"
-            self._aborting = "spawn-failed"
-            self._exited = True
-            loop.call_soon(self._finish)
+            self._spawn_failed(error)
             return
-        log.debug("session started: pid %d", self._child.pid)
+        self._child.spawn_failure_handler = self._spawn_failed
+        log.debug("session started: pid %s", self._child.pid)
         # A failing callback of any of these (or of this session) ends this session only.
         for part in (self._client, self._child, self._child.stdin, self._child.stdout,
                      self._child.stderr):
@@ -238,6 +235,18 @@ class ExecSession:
         self._child.watch_exit(self._on_exit)
         self._schedule_timeouts()
         self._pump()
+
+    def _spawn_failed(self, error: BaseException) -> None:
+        """The child could not be started — at once, or later by a backend that starts it in
+        the background: end the session (``spawn-failed``), the connection closed."""
+        if self._finished:
+            return
+        log.warning("cannot start %r: %s", self._command, str(error))
+        self._error = f"{type(error).__name__}: {error}"
+        if self._aborting is None:
+            self._aborting = "spawn-failed"
+        self._exited = True
+        self.loop.call_soon(self._finish)
 
     def run(self, timeout: float | None = None) -> SessionResult | None:
         """Start (if needed) and run the session's own loop until it is done."""
