@@ -300,7 +300,7 @@ class ExecSession:
 
     # -- the pump: decide what to read and write next ---------------------------------------
     def _total(self) -> int:
-        return (len(self._to_child) + len(self._to_client) + self._reserved_child
+        return (self._to_child.size + self._to_client.size + self._reserved_child
                 + self._reserved_client)
 
     def _pump(self) -> None:
@@ -319,7 +319,7 @@ class ExecSession:
                 self._reading_client = True  # nobody will read it: drain to see EOF or reset
                 client.read(READ_CHUNK, self._on_client_discard)
             else:
-                used = len(self._to_child) + self._reserved_child
+                used = self._to_child.size + self._reserved_child
                 if self._in_flow.may_read(used - self._inflight_child, total - inflight, config):
                     size = min(self._io_chunk, self._in_flow.capacity - used,
                                config.max_buffered - total)
@@ -328,19 +328,19 @@ class ExecSession:
                         self._reserved_child = size
                         total += size
                         client.read(size, self._on_client_data)
-        if self._to_child and not self._writing_child and not self._stdin_closed:
+        if self._to_child.size and not self._writing_child and not self._stdin_closed:
             self._writing_child = True
             chunk = self._to_child.peek(self._write_chunk(self._in_flow))
             self._inflight_child = len(chunk)
             child.stdin.write(chunk, self._on_stdin_written)
-        elif (self._client_eof and not self._to_child and not self._writing_child
+        elif (self._client_eof and not self._to_child.size and not self._writing_child
               and not self._stdin_closed):
             self._stdin_closed = True
             child.stdin.shutdown_write()
 
         # child stdout -> client
         if not self._reading_out and not self._out_eof:
-            used = len(self._to_client) + self._reserved_client
+            used = self._to_client.size + self._reserved_client
             inflight = self._inflight_child + self._inflight_client
             if self._out_flow.may_read(used - self._inflight_client, total - inflight, config):
                 size = min(self._io_chunk, self._out_flow.capacity - used,
@@ -352,17 +352,17 @@ class ExecSession:
         if (not self._reading_err and not self._err_eof and child.stderr is not None):
             self._reading_err = True
             child.stderr.read(config.stderr_buffer, self._on_stderr_data)
-        if self._to_client and not self._writing_client and not self._shut_wr:
+        if self._to_client.size and not self._writing_client and not self._shut_wr:
             self._writing_client = True
             chunk = self._to_client.peek(self._write_chunk(self._out_flow))
             self._inflight_client = len(chunk)
             client.write(chunk, self._on_client_written)
-        elif (self._out_eof and self._err_eof and not self._to_client
+        elif (self._out_eof and self._err_eof and not self._to_client.size
               and not self._writing_client and not self._shut_wr):
             self._shut_wr = True
             client.shutdown_write()
 
-        held = len(self._to_child) + len(self._to_client)
+        held = self._to_child.size + self._to_client.size
         if held > self._peak:
             self._peak = held
         if self._shut_wr and self._exited:
@@ -402,7 +402,7 @@ class ExecSession:
             if self._stdin_broken or self._stdin_closed:
                 pass  # the child stopped reading: the bytes have nowhere to go
             else:
-                self._in_flow.resize(asked, len(data), len(self._to_child))
+                self._in_flow.resize(asked, len(data), self._to_child.size)
                 self._to_child.append(data)
         self._pump()
 
@@ -453,7 +453,7 @@ class ExecSession:
             assert self._child is not None
             self._child.expect_exit()
         else:
-            self._out_flow.resize(asked, len(data), len(self._to_client))
+            self._out_flow.resize(asked, len(data), self._to_client.size)
             self._to_client.append(data)
             self._activity()
         self._pump()
