@@ -310,7 +310,8 @@ class ExecSession:
         client = self._client
         child = self._child
         assert client is not None and child is not None
-        total = self._total()
+        total = (self._to_child.size + self._to_client.size + self._reserved_child
+                 + self._reserved_client)  # self._total(), without the call
         inflight = self._inflight_child + self._inflight_client
 
         # client -> child stdin
