@@ -8,6 +8,12 @@ group id — reserved, so the group can still be killed safely (whatever the chi
 when the session decides: see ``drain_timeout``), and the child is reaped only after that, in
 :meth:`_PosixChild.close`. No pid-reuse race: ``killpg`` never names a group that is not ours.
 
+Children are started on spawner threads (:mod:`execsession.posix_spawn`: glibc's
+``posix_spawnp`` through ctypes, the GIL released), so a spawn — mostly the kernel copying and
+closing the descriptors of every other live session — neither stops the loop nor waits for the
+spawns before it. The child's pipes exist at once: the session relays the client's bytes into
+its stdin meanwhile, and its output is read once the loop took the process over.
+
 A server that is SIGKILLed kills nothing itself: each loop's guardian process
 (:mod:`execsession.posix_guardian`) is told each child's group when it starts and when it was
 killed (before the reap), and kills every group still registered once the server is gone.

@@ -21,6 +21,13 @@ The one window left: after the server died, init reaps a zombie leader whose gro
 other member, before the guardian's ``killpg``; the id could be reused only after the kernel's
 cyclic pid allocator went round all of ``pid_max`` in those microseconds.
 
+And one window at the start: a child runs from the moment the spawner thread's
+``posix_spawnp`` returns (:mod:`execsession.posix_spawn`) until that thread, holding the GIL
+again, has written ``+PGID`` — microseconds, up to the interpreter's 5 ms switch interval when
+the loop's thread is busy. A SIGKILL in that window leaves that one child (its stdin pipe then
+closes, so a child that reads its input ends by itself). The loop relays a child's output only
+after the registration, so no client ever sees an unguarded child.
+
 Messages are a few bytes (below ``PIPE_BUF``: atomic), written non-blocking: the server never
 waits for the guardian. A write that fails (the guardian died: EPIPE; it stopped reading:
 EAGAIN) makes the server log it (a warning the first time), kill what is left of that
