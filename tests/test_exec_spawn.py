@@ -119,14 +119,15 @@ def test_a_spawn_that_fails_among_good_ones_ends_only_its_session(
 
 def test_shutdown_with_spawns_in_flight_leaves_no_child_and_no_thread(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spawns slowed to 0.3 s each on two spawner threads; eight sessions start, then they
-    are closed (as a server shutdown does) and the loop too while two spawns run and six are
-    queued: a queued one whose session closes never starts, a running one is waited for and
-    its child killed and reaped; no spawner thread is left, no fd is leaked, and every
-    session reports ``server-shutdown``."""
+    """Spawns slowed to 0.3 s each; twice as many sessions as the loop has spawner threads
+    start, then they are closed (as a server shutdown does) and the loop too while half the
+    spawns run and half are queued: a queued one whose session closes never starts, a
+    running one is waited for and its child killed and reaped; no spawner thread is left, no
+    fd is leaked, and every session reports ``server-shutdown``."""
     if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
         return
     from execsession import posix_spawn
+    from execsession.posix_backend import SelectorLoop
 
     started: list[int] = []
     real_spawn = posix_spawn.spawn
@@ -141,11 +142,12 @@ def test_shutdown_with_spawns_in_flight_leaves_no_child_and_no_thread(
     before = open_resources()
     loop = open_loop()
     try:
-        pairs = [_session_pair(loop, ["sleep", "300"]) for _ in range(8)]
+        threads = SelectorLoop.SPAWNER_THREADS
+        pairs = [_session_pair(loop, ["sleep", "300"]) for _ in range(2 * threads)]
         for _, session, _ in pairs:
             session.start()
-        time.sleep(0.1)  # two spawns under way, six queued
-        assert len(_spawner_threads()) == 2
+        time.sleep(0.1)  # one spawn under way per thread, as many queued
+        assert len(_spawner_threads()) == threads
         for _, session, _ in pairs:
             session.close()
     finally:
@@ -157,7 +159,7 @@ def test_shutdown_with_spawns_in_flight_leaves_no_child_and_no_thread(
         assert wait_dead(pid), f"child {pid} outlived the shutdown"
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reaped, not a zombie left behind
-    assert [results[0].reason for _, _, results in pairs] == ["server-shutdown"] * 8
+    assert [results[0].reason for _, _, results in pairs] == ["server-shutdown"] * len(pairs)
     assert not _spawner_threads()
     for client, _, _ in pairs:
         client.close()
