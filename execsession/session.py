@@ -299,10 +299,6 @@ class ExecSession:
         self._finish()
 
     # -- the pump: decide what to read and write next ---------------------------------------
-    def _total(self) -> int:
-        return (self._to_child.size + self._to_client.size + self._reserved_child
-                + self._reserved_client)
-
     def _pump(self) -> None:
         if self._finished or self._aborting is not None:
             return
@@ -310,8 +306,9 @@ class ExecSession:
         client = self._client
         child = self._child
         assert client is not None and child is not None
+        # Every byte held or reserved for a pending read (max_buffered bounds it).
         total = (self._to_child.size + self._to_client.size + self._reserved_child
-                 + self._reserved_client)  # self._total(), without the call
+                 + self._reserved_client)
         inflight = self._inflight_child + self._inflight_client
 
         # client -> child stdin
