@@ -268,6 +268,11 @@ def spawn(command: Sequence[str] | str, *, shell: bool, stdin: int, stdout: int,
         source = os.environb if env is None else {
             os.fsencode(key): os.fsencode(value) for key, value in env.items()}
         envp = [key + b"=" + value for key, value in source.items()]
+        # A C string ends at its first NUL: refuse what would be cut short (as Popen does).
+        if any(b"\0" in item for item in argv + envp) or (
+                env is not None and any(b"=" in key for key in source)):
+            raise ValueError("embedded null byte in the command or environment, or '=' in "
+                             "an environment variable's name")
         return Process(_spawn_glibc(libc, argv, envp, None if cwd is None else os.fsencode(cwd),
                                     stdio))
     popen = subprocess.Popen(

@@ -236,6 +236,18 @@ def test_the_glibc_spawn_gives_the_child_what_the_backend_needs() -> None:
     assert not ignored & (1 << (signal.SIGPIPE - 1))
     assert lines[-1] == "/dev/null"
     assert not process_alive(process.pid)
+    # What a C string would cut short is refused, not spawned truncated.
+    read_fd, write_fd = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="null byte"):
+            posix_spawn.spawn(["echo", "a\0b"], shell=False, stdin=read_fd, stdout=write_fd,
+                              stderr=None)
+        with pytest.raises(ValueError, match="'=' in an environment"):
+            posix_spawn.spawn(["true"], shell=False, stdin=read_fd, stdout=write_fd,
+                              stderr=None, env={"A=B": "1", "PATH": os.environ.get("PATH", "")})
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def test_closing_the_spawner_cancels_what_is_queued_and_joins_its_threads() -> None:
