@@ -25,24 +25,26 @@ __all__ = ["ChunkQueue"]
 class ChunkQueue:
     """FIFO of byte chunks with a read offset into the first one."""
 
-    __slots__ = ("_chunks", "_offset", "_size")
+    __slots__ = ("_chunks", "_offset", "size")
 
     def __init__(self) -> None:
         self._chunks: deque[bytes | memoryview] = deque()
         self._offset = 0  # bytes of _chunks[0] already consumed
-        self._size = 0
+        self.size = 0
+        """Bytes queued (read it, never set it): what ``len()`` says, without the Python
+        call ``len()`` makes — the session reads it ~20 times per round trip."""
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def __bool__(self) -> bool:
-        return self._size > 0
+        return self.size > 0
 
     def append(self, data: bytes | memoryview) -> None:
         """Queue ``data`` (kept, not copied: pass ``bytes``, or a view nobody changes)."""
         if data:
             self._chunks.append(data)
-            self._size += len(data)
+            self.size += len(data)
 
     def peek(self, limit: int) -> bytes | memoryview:
         """The first ``min(limit, len(self))`` bytes at most (at least one byte if any are
@@ -70,9 +72,9 @@ class ChunkQueue:
 
     def consume(self, count: int) -> None:
         """Drop the first ``count`` bytes (a write completed with them)."""
-        if not 0 <= count <= self._size:
-            raise ValueError(f"consume {count} of {self._size} queued bytes")
-        self._size -= count
+        if not 0 <= count <= self.size:
+            raise ValueError(f"consume {count} of {self.size} queued bytes")
+        self.size -= count
         chunks = self._chunks
         count += self._offset
         while count and count >= len(chunks[0]):
@@ -83,4 +85,4 @@ class ChunkQueue:
 
     def clear(self) -> None:
         self._chunks.clear()
-        self._offset = self._size = 0
+        self._offset = self.size = 0

@@ -98,11 +98,15 @@ class Child(Owned, ABC):
     Its exit is reported once the child itself has exited; what it started may still run (and
     hold its output pipes) until :meth:`kill` or :meth:`close`, which kill the whole tree."""
 
-    pid: int
+    pid: int | None
+    """``None`` until the process runs (a backend may start it in the background)."""
     stdin: Stream
     stdout: Stream
     stderr: Stream | None
     """Only in :attr:`StderrMode.SEPARATE`."""
+    spawn_failure_handler: Callable[[BaseException], None] | None = None
+    """Called (on the loop's thread) if a process started in the background could not be
+    started after all (no such program...); its streams then lead nowhere."""
 
     @abstractmethod
     def watch_exit(self, callback: Callable[[int], None]) -> None:
@@ -165,8 +169,9 @@ class Loop(ABC):
         self._skipped_waits = 0
 
     # -- scheduling ----------------------------------------------------------------------------
-    def time(self) -> float:
-        return time.monotonic()
+    time = staticmethod(time.monotonic)
+    """The loop's clock (``time.monotonic`` itself: a session reads it ~6 times per round
+    trip, and a Python method around it cost a frame each time)."""
 
     def call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         self._ready.append((callback, args))

@@ -21,6 +21,13 @@ The one window left: after the server died, init reaps a zombie leader whose gro
 other member, before the guardian's ``killpg``; the id could be reused only after the kernel's
 cyclic pid allocator went round all of ``pid_max`` in those microseconds.
 
+And one window at the start: a child runs from the moment the spawner thread's
+``posix_spawnp`` returns (:mod:`execsession.posix_spawn`) until that thread, holding the GIL
+again, has written ``+PGID`` — microseconds, up to the interpreter's 5 ms switch interval when
+the loop's thread is busy. A SIGKILL in that window leaves that one child (its stdin pipe then
+closes, so a child that reads its input ends by itself). The loop relays a child's output only
+after the registration, so no client ever sees an unguarded child.
+
 Messages are a few bytes (below ``PIPE_BUF``: atomic), written non-blocking: the server never
 waits for the guardian. A write that fails (the guardian died: EPIPE; it stopped reading:
 EAGAIN) makes the server log it (a warning the first time), kill what is left of that
@@ -49,6 +56,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterable
 
 __all__ = ["GroupGuardian"]
@@ -59,9 +67,12 @@ log = logging.getLogger("execsession.guardian")
 class GroupGuardian:
     """The server's side: the groups to guard, and the pipe to the guardian process.
 
-    Not thread-safe: used from the loop's thread."""
+    Thread-safe: a spawner thread registers its child the moment it started (so no SIGKILL
+    of the server between the spawn and the loop's hand-over leaves it unguarded), the loop's
+    thread releases groups."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._groups: set[int] = set()
         self._process: subprocess.Popen[bytes] | None = None
         self._write_fd: int | None = None
@@ -80,21 +91,33 @@ class GroupGuardian:
         """The running guardian's pid, if one runs."""
         return None if self._process is None else self._process.pid
 
+    def start(self) -> None:
+        """Start the guardian process now if none runs, so that registering a child is one
+        write (a spawner thread registers it the moment it started; a guardian still starting
+        then would leave the child unguarded for the ~30 ms a python takes to start)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the guardian is closed")
+            if self._write_fd is None:
+                self._start()
+
     def guard(self, pgid: int) -> None:
         """Register group ``pgid`` (a child just started, leading its own group)."""
-        if self._closed:
-            raise RuntimeError("the guardian is closed")
-        self._groups.add(pgid)
-        self._send(b"+%d\n" % pgid)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the guardian is closed")
+            self._groups.add(pgid)
+            self._send(b"+%d\n" % pgid)
 
     def release(self, pgid: int) -> None:
         """Forget group ``pgid``: it was killed (or is known empty), and its leader is not
         reaped yet. Call it before reaping, so the guardian never holds a reusable id."""
-        if pgid not in self._groups:
-            return
-        self._groups.discard(pgid)
-        if self._write_fd is not None:
-            self._send(b"-%d\n" % pgid)
+        with self._lock:
+            if pgid not in self._groups:
+                return
+            self._groups.discard(pgid)
+            if self._write_fd is not None:
+                self._send(b"-%d\n" % pgid)
 
     def _send(self, message: bytes) -> None:
         if self._write_fd is None:
@@ -150,13 +173,14 @@ class GroupGuardian:
     def close(self) -> None:
         """Close the pipe: the guardian kills what is still registered (nothing, if every
         child was released) and exits; wait briefly for that."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._write_fd is not None:
-            os.close(self._write_fd)
-            self._write_fd = None
-        process, self._process = self._process, None
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._write_fd is not None:
+                os.close(self._write_fd)
+                self._write_fd = None
+            process, self._process = self._process, None
         if process is not None:
             try:
                 process.wait(timeout=1.0)

@@ -14,8 +14,8 @@ from .config import ExecSessionConfig
 from .loop import Loop
 from .session import EXIT_GRACE, ExecSession, SessionResult
 
-__all__ = ["DEFAULT_MAX_CONNS", "AddressFilter", "ExecServer", "is_loopback_host",
-           "parse_listen"]
+__all__ = ["DEFAULT_BACKLOG", "DEFAULT_MAX_CONNS", "AddressFilter", "ExecServer",
+           "is_loopback_host", "parse_listen"]
 
 log = logging.getLogger("execsession.server")
 
@@ -27,6 +27,11 @@ ACCEPT_BACKOFF = 0.1
 """Seconds to stop accepting after ``accept`` failed for lack of fds or memory."""
 ACCEPT_BACKOFF_MAX = 5.0
 """Longest pause after repeated unexpected ``accept`` failures (doubling from ACCEPT_BACKOFF)."""
+DEFAULT_BACKLOG = socket.SOMAXCONN
+"""Listen queue length unless told otherwise: the system's largest (Linux caps it at
+``net.core.somaxconn``, 4096 by default). With 128, a burst of 1,000 connects overflowed the
+queue while the loop was busy starting sessions; each dropped SYN costs its client a 1 s
+retransmit (ACTIVE_KB L10-2: five or seven of them were most of the 1,000-session time)."""
 ACCEPTS_PER_EVENT = 64
 """Most connections accepted (or skipped) per readiness event, so a flood cannot starve the
 sessions' I/O."""
@@ -177,7 +182,7 @@ class ExecServer:
                  address_filter: AddressFilter | None = None,
                  stderr_sink: Callable[[bytes], None] | None = None,
                  on_session_done: Callable[[SessionResult], None] | None = None,
-                 backlog: int = 128, bind_public: bool = False) -> None:
+                 backlog: int = DEFAULT_BACKLOG, bind_public: bool = False) -> None:
         if isinstance(max_conns, bool) or not isinstance(max_conns, int) or max_conns < 0:
             raise ValueError(f"max_conns must be an int >= 0 (0 = no limit), not {max_conns!r}")
         self.loop = loop

@@ -221,13 +221,10 @@ class ExecSession:
                                                  config.stderr_buffer),
                                      cwd=self._cwd, env=self._env)
         except (OSError, ValueError) as error:
-            log.warning("cannot start %r: %s", self._command, str(error))
-            self._error = f"{type(error).__name__}: {error}"
-            self._aborting = "spawn-failed"
-            self._exited = True
-            loop.call_soon(self._finish)
+            self._spawn_failed(error)
             return
-        log.debug("session started: pid %d", self._child.pid)
+        self._child.spawn_failure_handler = self._spawn_failed
+        log.debug("session started: pid %s", self._child.pid)
         # A failing callback of any of these (or of this session) ends this session only.
         for part in (self._client, self._child, self._child.stdin, self._child.stdout,
                      self._child.stderr):
@@ -238,6 +235,18 @@ class ExecSession:
         self._child.watch_exit(self._on_exit)
         self._schedule_timeouts()
         self._pump()
+
+    def _spawn_failed(self, error: BaseException) -> None:
+        """The child could not be started — at once, or later by a backend that starts it in
+        the background: end the session (``spawn-failed``), the connection closed."""
+        if self._finished:
+            return
+        log.warning("cannot start %r: %s", self._command, str(error))
+        self._error = f"{type(error).__name__}: {error}"
+        if self._aborting is None:
+            self._aborting = "spawn-failed"
+        self._exited = True
+        self.loop.call_soon(self._finish)
 
     def run(self, timeout: float | None = None) -> SessionResult | None:
         """Start (if needed) and run the session's own loop until it is done."""
@@ -290,10 +299,6 @@ class ExecSession:
         self._finish()
 
     # -- the pump: decide what to read and write next ---------------------------------------
-    def _total(self) -> int:
-        return (len(self._to_child) + len(self._to_client) + self._reserved_child
-                + self._reserved_client)
-
     def _pump(self) -> None:
         if self._finished or self._aborting is not None:
             return
@@ -301,7 +306,9 @@ class ExecSession:
         client = self._client
         child = self._child
         assert client is not None and child is not None
-        total = self._total()
+        # Every byte held or reserved for a pending read (max_buffered bounds it).
+        total = (self._to_child.size + self._to_client.size + self._reserved_child
+                 + self._reserved_client)
         inflight = self._inflight_child + self._inflight_client
 
         # client -> child stdin. A read whose bytes were there at once (read_at_once: they
@@ -313,7 +320,7 @@ class ExecSession:
                 self._reading_client = True  # nobody will read it: drain to see EOF or reset
                 client.read(READ_CHUNK, self._on_client_discard)
             else:
-                used = len(self._to_child) + self._reserved_child
+                used = self._to_child.size + self._reserved_child
                 if self._in_flow.may_read(used - self._inflight_child, total - inflight, config):
                     size = min(self._io_chunk, self._in_flow.capacity - used,
                                config.max_buffered - total)
@@ -323,21 +330,21 @@ class ExecSession:
                         total += size
                         client.read(size, self._on_client_data)
                         more_in = client.read_at_once
-        if self._to_child and not self._writing_child and not self._stdin_closed:
+        if self._to_child.size and not self._writing_child and not self._stdin_closed:
             limit = self._write_chunk(self._in_flow)
-            if not (more_in and len(self._to_child) < limit):
+            if not (more_in and self._to_child.size < limit):
                 self._writing_child = True
                 chunk = self._to_child.peek(limit)
                 self._inflight_child = len(chunk)
                 child.stdin.write_chunk(chunk, self._on_stdin_written)
-        elif (self._client_eof and not self._to_child and not self._writing_child
+        elif (self._client_eof and not self._to_child.size and not self._writing_child
               and not self._stdin_closed):
             self._stdin_closed = True
             child.stdin.shutdown_write()
 
         # child stdout -> client
         if not self._reading_out and not self._out_eof:
-            used = len(self._to_client) + self._reserved_client
+            used = self._to_client.size + self._reserved_client
             inflight = self._inflight_child + self._inflight_client
             if self._out_flow.may_read(used - self._inflight_client, total - inflight, config):
                 size = min(self._io_chunk, self._out_flow.capacity - used,
@@ -350,19 +357,19 @@ class ExecSession:
         if (not self._reading_err and not self._err_eof and child.stderr is not None):
             self._reading_err = True
             child.stderr.read(config.stderr_buffer, self._on_stderr_data)
-        if self._to_client and not self._writing_client and not self._shut_wr:
+        if self._to_client.size and not self._writing_client and not self._shut_wr:
             limit = self._write_chunk(self._out_flow)
-            if not (more_out and len(self._to_client) < limit):
+            if not (more_out and self._to_client.size < limit):
                 self._writing_client = True
                 chunk = self._to_client.peek(limit)
                 self._inflight_client = len(chunk)
                 client.write_chunk(chunk, self._on_client_written)
-        elif (self._out_eof and self._err_eof and not self._to_client
+        elif (self._out_eof and self._err_eof and not self._to_client.size
               and not self._writing_client and not self._shut_wr):
             self._shut_wr = True
             client.shutdown_write()
 
-        held = len(self._to_child) + len(self._to_client)
+        held = self._to_child.size + self._to_client.size
         if held > self._peak:
             self._peak = held
         if self._shut_wr and self._exited:
@@ -402,7 +409,7 @@ class ExecSession:
             if self._stdin_broken or self._stdin_closed:
                 pass  # the child stopped reading: the bytes have nowhere to go
             else:
-                self._in_flow.resize(asked, len(data), len(self._to_child))
+                self._in_flow.resize(asked, len(data), self._to_child.size)
                 self._to_child.append(data)
         self._pump()
 
@@ -453,7 +460,7 @@ class ExecSession:
             assert self._child is not None
             self._child.expect_exit()
         else:
-            self._out_flow.resize(asked, len(data), len(self._to_client))
+            self._out_flow.resize(asked, len(data), self._to_client.size)
             self._to_client.append(data)
             self._activity()
         self._pump()

@@ -541,6 +541,36 @@ def test_a_sigkilled_server_takes_every_child_and_grandchild_with_it(linux_serve
 
 
 @pytest.mark.posix
+def test_a_sigkilled_server_takes_children_started_together_on_the_spawner_threads(
+        linux_server: Any) -> None:
+    """Twenty clients connect at once, so their children start on the spawner threads side by
+    side; once each has spoken (a child's output is relayed only after the loop took it over,
+    and so after the guardian had its group), SIGKILL the server: the guardian kills every
+    child and grandchild."""
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        return
+    server, port = linux_server("-k", "-m", "0", "-c", GROUP_TREE)
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(20)]
+    try:
+        pids: list[int] = []
+        for sock in clients:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = sock.recv(100)
+                assert chunk, f"the session ended before its child started: {line!r}"
+                line += chunk
+            pids += [int(word) for word in line.split()]
+        assert len(pids) == 40 and all(process_alive(pid) for pid in pids)
+        server.kill()
+        server.wait(WAIT)
+        for pid in pids:
+            assert wait_dead(pid), f"process {pid} outlived its SIGKILLed server"
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+@pytest.mark.posix
 def test_a_guardian_killed_by_accident_is_replaced_and_the_server_keeps_serving(
         linux_server: Any) -> None:
     """The guardian SIGKILLed while a session runs: the server notices at its next message

@@ -281,6 +281,8 @@ def test_abort_kills_a_child_that_ignores_its_input() -> None:
         listener.close()
         session = ExecSession(conn, python_child("import time; time.sleep(120)"), loop=loop)
         session.start()
+        # The POSIX backend starts the child on a spawner thread: its pid comes a little later.
+        assert loop.run(until=lambda: session.pid is not None, timeout=WAIT)
         pid = session.pid
         assert pid is not None
         loop.call_later(0.2, session.abort)
