@@ -24,15 +24,18 @@ from __future__ import annotations
 import asyncio
 import selectors
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from iocp import WAKEUP_KEY, Completion, PortClosedError
+from iocp import WAKEUP_KEY, Completion, PortClosedError, SocketIO
 
 from .aio_pipes import ReadPipeTransport, WritePipeTransport
 from .aio_port import IO_KEY, JOB_KEY, LoopPort
+from .aio_sockets import SocketTransport, make_ssl_transport
 from .aio_subprocess import ChildWatcher, SubprocessTransport
+from .aio_transport import set_result_unless_cancelled
 from .selector import AfdSelector
 
 __all__ = ["MAX_SKIPPED_POLLS", "AfdEventLoop"]
@@ -40,11 +43,6 @@ __all__ = ["MAX_SKIPPED_POLLS", "AfdEventLoop"]
 MAX_SKIPPED_POLLS = 4
 """Zero-timeout polls skipped in a row after a dequeue that found something (so ready callbacks
 that keep scheduling callbacks still see new I/O every few iterations)."""
-
-
-def _set_result_unless_cancelled(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.set_result(None)
 
 
 class _LoopSelector(AfdSelector):
@@ -131,6 +129,39 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         finally:
             signal.set_wakeup_fd(previous)
 
+    # -- sockets -------------------------------------------------------------------------
+    def _socket_io(self, sock: socket.socket) -> SocketIO | None:
+        """The socket's overlapped I/O on the loop's port, or ``None`` if it cannot be
+        associated (another port has it): it then gets the selector loop's transport."""
+        try:
+            return SocketIO(self._port, sock, IO_KEY)
+        except OSError:
+            return None
+
+    def _make_socket_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                               waiter: asyncio.Future[Any] | None = None, *,
+                               extra: dict[str, Any] | None = None,
+                               server: Any = None) -> asyncio.Transport:
+        io = self._socket_io(sock)
+        if io is None:
+            return super()._make_socket_transport(  # type: ignore[misc,no-any-return]
+                sock, protocol, waiter, extra=extra, server=server)
+        return SocketTransport(self, io, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: asyncio.BaseProtocol,
+                            sslcontext: Any, waiter: asyncio.Future[Any] | None = None, *,
+                            server_side: bool = False, server_hostname: str | None = None,
+                            extra: dict[str, Any] | None = None, server: Any = None,
+                            **timeouts: Any) -> asyncio.Transport:
+        io = self._socket_io(rawsock)
+        if io is None:
+            return super()._make_ssl_transport(  # type: ignore[misc,no-any-return]
+                rawsock, protocol, sslcontext, waiter, server_side=server_side,
+                server_hostname=server_hostname, extra=extra, server=server, **timeouts)
+        return make_ssl_transport(self, io, rawsock, protocol, sslcontext, waiter,
+                                  server_side=server_side, server_hostname=server_hostname,
+                                  extra=extra, server=server, **timeouts)
+
     # -- pipes ---------------------------------------------------------------------------
     async def connect_read_pipe(  # type: ignore[override]
             self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any,
@@ -157,7 +188,7 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         loops' ``connect_*_pipe`` do, so a caller never holds a transport whose protocol has
         not seen it yet."""
         waiter = self.create_future()
-        self.call_soon(_set_result_unless_cancelled, waiter)
+        self.call_soon(set_result_unless_cancelled, waiter)
         try:
             await waiter
         except BaseException:
