@@ -72,6 +72,11 @@ class _LoopSelector(AfdSelector):
         self._just_dequeued = bool(ready) or self._port_took()
         return ready
 
+    def io_seen(self) -> None:
+        """The loop's own I/O completed inline (no packet): new work, as after a dequeue that
+        found something, so the next zero-timeout polls may be skipped."""
+        self._just_dequeued = True
+
     def _port_took(self) -> bool:
         port = self._poller._port
         return isinstance(port, LoopPort) and port.has_diverted
@@ -101,6 +106,10 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
     def _process_events(self, event_list: Any) -> None:
         super()._process_events(event_list)  # type: ignore[misc]
         self._port.dispatch(self._dispatch)
+
+    def _io_seen(self) -> None:
+        """A transport's request completed inline (see ``_LoopSelector.io_seen``)."""
+        self._selector.io_seen()  # type: ignore[attr-defined]
 
     def _dispatch(self, completion: Completion) -> None:
         if completion.key == IO_KEY:

@@ -50,6 +50,7 @@ import ctypes
 import socket
 import warnings
 from asyncio import base_events, constants, sslproto, trsock
+from collections.abc import Callable
 from typing import Any
 
 from iocp import OperationState, ReadOperation, SocketIO, WriteOperation
@@ -64,7 +65,7 @@ __all__ = ["INLINE_BUDGET", "READ_SIZE", "SocketTransport", "make_ssl_transport"
 READ_SIZE = 64 * 1024
 """Bytes asked per receive."""
 
-INLINE_BUDGET = 16
+INLINE_BUDGET = int(__import__("os").environ.get("NTAFD_INLINE_BUDGET", "1"))
 """Receives completed inline delivered in a row before the next one waits for ``call_soon``."""
 
 SPARE_MAX = 256 * 1024
@@ -72,6 +73,10 @@ SPARE_MAX = 256 * 1024
 
 _RESET = frozenset({ntstatus.STATUS_CONNECTION_RESET, ntstatus.STATUS_REMOTE_DISCONNECT,
                     ntstatus.STATUS_LOCAL_DISCONNECT})
+
+
+def _nothing() -> None:
+    pass
 
 
 def _failure(operation: Operation, verb: str) -> OSError:
@@ -111,6 +116,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         self._sock_fd = sock.fileno()
         self._io = io
         self._server = server
+        self._io_seen: Callable[[], None] = getattr(loop, "_io_seen", _nothing)
         self.set_protocol(protocol)
         # reading
         self._read_op: ReadOperation | None = None
@@ -157,7 +163,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         held, self._held = self._held, None
         if held is not None and not self._deliver(held):
             return
-        self._read()
+        self._loop.call_soon(self._read)
 
     def _read(self) -> None:
         """Issue receives until one is pending, the transport stops reading, or the inline
@@ -175,6 +181,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
             if operation.state is not OperationState.COMPLETED:
                 self._read_op = operation
                 return
+            self._io_seen()
             if not self._deliver(operation):
                 return
         self._loop.call_soon(self._read)
@@ -238,7 +245,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         if self._paused:
             self._held = operation
         elif self._deliver(operation):
-            self._read()
+            self._loop.call_soon(self._read)
 
     # -- writing ---------------------------------------------------------------------------
     def get_write_buffer_size(self) -> int:
