@@ -75,10 +75,6 @@ _RESET = frozenset({ntstatus.STATUS_CONNECTION_RESET, ntstatus.STATUS_REMOTE_DIS
                     ntstatus.STATUS_LOCAL_DISCONNECT})
 
 
-def _nothing() -> None:
-    pass
-
-
 def _failure(operation: Operation, verb: str) -> OSError:
     """The exception of a failed request, as the stdlib loops would raise it."""
     status = operation.status or 0
@@ -116,7 +112,9 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         self._sock_fd = sock.fileno()
         self._io = io
         self._server = server
-        self._io_seen: Callable[[], None] = getattr(loop, "_io_seen", _nothing)
+        self._io_seen: Callable[[], None] = loop._io_seen  # type: ignore[attr-defined]
+        self._want_receive: Callable[[Callable[[], None]], None] = (
+            loop._want_receive)  # type: ignore[attr-defined]
         self.set_protocol(protocol)
         # reading
         self._read_op: ReadOperation | None = None
@@ -135,7 +133,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         loop._transports[self._sock_fd] = self  # type: ignore[attr-defined]
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]
         loop.call_soon(self._protocol.connection_made, self)
-        loop.call_soon(self._read)
+        loop.call_soon(self._want_receive, self._read)
         if waiter is not None:
             loop.call_soon(set_result_unless_cancelled, waiter)
 
@@ -163,7 +161,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         held, self._held = self._held, None
         if held is not None and not self._deliver(held):
             return
-        self._loop.call_soon(self._read)
+        self._want_receive(self._read)
 
     def _read(self) -> None:
         """Issue receives until one is pending, the transport stops reading, or the inline
@@ -184,7 +182,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
             self._io_seen()
             if not self._deliver(operation):
                 return
-        self._loop.call_soon(self._read)
+        self._want_receive(self._read)
 
     def _deliver(self, operation: ReadOperation) -> bool:
         """Hand a completed receive to the protocol; whether to go on reading."""
@@ -245,7 +243,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         if self._paused:
             self._held = operation
         elif self._deliver(operation):
-            self._loop.call_soon(self._read)
+            self._want_receive(self._read)
 
     # -- writing ---------------------------------------------------------------------------
     def get_write_buffer_size(self) -> int:
