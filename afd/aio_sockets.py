@@ -369,6 +369,11 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         self._cancel(self._read_op)
         self._lose(exc)
 
+    def _force_close(self, exc: Exception | None) -> None:
+        """What asyncio's ``SSLProtocol`` calls on a fatal TLS error or shutdown timeout (the
+        stdlib transports' name for abort with an exception)."""
+        self._abort(exc)
+
     def _cancel(self, operation: Operation | None) -> None:
         if operation is not None:
             self._io.cancel(operation)
