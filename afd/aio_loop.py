@@ -76,14 +76,14 @@ class _LoopSelector(AfdSelector):
           loop runs the callbacks that woke before asking the kernel.
         """
         idle = timeout is None or timeout > 0
-        if not idle and self._just_dequeued and self._polls_skipped < MAX_SKIPPED_POLLS:
+        if (not idle and self._just_dequeued and self._polls_skipped < MAX_SKIPPED_POLLS):
             self._polls_skipped += 1
             return []
-        if self._receives and self._issue_receives():
-            self._polls_skipped += 1  # work came in: as a skipped poll (bounded, as above)
+        if self._receives and self._issue_receives(stop_at_data=idle):
             self._just_dequeued = True
-            if self._polls_skipped <= MAX_SKIPPED_POLLS:
-                return []
+            if idle and self._polls_skipped < MAX_SKIPPED_POLLS:
+                self._polls_skipped += 1
+                return []  # data came in: run its callbacks before asking the kernel
             timeout = 0
         self._polls_skipped = 0
         ready = super().select(timeout)
@@ -95,16 +95,16 @@ class _LoopSelector(AfdSelector):
         :meth:`select` that may issue receives."""
         self._receives.append(receive)
 
-    def _issue_receives(self) -> bool:
-        """Issue the wanted receives in order until one delivers data inline (up to the ones
-        wanted when this began); whether one did."""
+    def _issue_receives(self, stop_at_data: bool) -> bool:
+        """Issue the receives wanted when this began, in order (``stop_at_data``: until one
+        delivers data inline); whether one did."""
         receives = self._receives
         self._io_seen = False
         for _ in range(len(receives)):
             receives.popleft()()
-            if self._io_seen:
+            if stop_at_data and self._io_seen:
                 return True
-        return False
+        return self._io_seen
 
     def io_seen(self) -> None:
         """The loop's own I/O completed inline (no packet): new work, as after a dequeue that

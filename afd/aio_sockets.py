@@ -60,13 +60,14 @@ from ntdll import status as ntstatus
 
 from .aio_transport import CompletionTransport, WriteFlowControl, set_result_unless_cancelled
 
-__all__ = ["INLINE_BUDGET", "READ_SIZE", "SocketTransport", "make_ssl_transport"]
+__all__ = ["READ_MAX", "READ_SIZE", "SocketTransport", "make_ssl_transport"]
 
-READ_SIZE = 64 * 1024
-"""Bytes asked per receive."""
+READ_SIZE = 16 * 1024
+"""Bytes asked by a transport's first receive; a receive that fills its buffer doubles the
+next one's size, up to :data:`READ_MAX` (a quiet connection keeps a small buffer, a streaming
+one moves more per request)."""
 
-INLINE_BUDGET = int(__import__("os").environ.get("NTAFD_INLINE_BUDGET", "1"))
-"""Receives completed inline delivered in a row before the next one waits for ``call_soon``."""
+READ_MAX = 256 * 1024
 
 SPARE_MAX = 256 * 1024
 """A completed send's buffer is kept for the next send only up to this size."""
@@ -119,6 +120,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         # reading
         self._read_op: ReadOperation | None = None
         self._spare: ReadOperation | None = None  # a completed receive whose buffer is reused
+        self._read_size = READ_SIZE
         self._held: ReadOperation | None = None  # received while paused
         self._paused = False
         self._eof = False  # the peer's end of data was seen
@@ -164,25 +166,28 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         self._want_receive(self._read)
 
     def _read(self) -> None:
-        """Issue receives until one is pending, the transport stops reading, or the inline
-        budget is spent (the next receive then goes through ``call_soon``)."""
-        for _ in range(INLINE_BUDGET):
-            if (self._read_op is not None or self._held is not None or self._paused
-                    or self._closing or self._eof):
-                return
-            try:
-                operation = self._io.read(READ_SIZE, self, self._spare)
-            except OSError as exc:
-                self._fatal_error(exc, "Fatal read error on socket transport")
-                return
-            self._spare = None
-            if operation.state is not OperationState.COMPLETED:
-                self._read_op = operation
-                return
-            self._io_seen()
-            if not self._deliver(operation):
-                return
-        self._want_receive(self._read)
+        """Issue one receive (the loop calls this from its receive queue). Completed inline,
+        it is delivered at once and the next receive queued behind every other transport's;
+        pending, it completes through the port."""
+        if (self._read_op is not None or self._held is not None or self._paused
+                or self._closing or self._eof):
+            return
+        spare = self._spare
+        if spare is not None and spare.information >= self._read_size < READ_MAX:
+            self._read_size *= 2  # the last receive filled its buffer: ask for more
+            spare = None
+        try:
+            operation = self._io.read(self._read_size, self, spare)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        self._spare = None
+        if operation.state is not OperationState.COMPLETED:
+            self._read_op = operation
+            return
+        self._io_seen()
+        if self._deliver(operation):
+            self._want_receive(self._read)
 
     def _deliver(self, operation: ReadOperation) -> bool:
         """Hand a completed receive to the protocol; whether to go on reading."""
