@@ -1,11 +1,18 @@
-"""``AfdEventLoop``: one asyncio loop with ``add_reader`` for any number of sockets, subprocesses
-and pipes, all on one completion port.
+"""``AfdEventLoop``: one asyncio loop with ``add_reader`` for any number of sockets, completion-
+based socket transports, subprocesses and pipes, all on one completion port.
 
 It is an ``asyncio.SelectorEventLoop`` (libraries such as aiodns and psycopg check that) whose
 selector is an :class:`~afd.AfdSelector` running on the loop's :class:`~afd.aio_port.LoopPort`:
 
-- ``add_reader`` / ``add_writer`` and the socket transports, servers and ``sock_*`` methods are
-  the selector loop's, on AFD polls (no 512-socket ceiling);
+- ``add_reader`` / ``add_writer``, accepting connections, connecting and the ``sock_*`` methods
+  are the selector loop's, on AFD polls (no 512-socket ceiling);
+- connected stream sockets (servers, ``create_connection``, ``open_connection``,
+  ``connect_accepted_socket``, and the raw socket under TLS) get ``afd.aio_sockets``'
+  :class:`~afd.aio_sockets.SocketTransport`: overlapped ``WSARecv`` / ``WSASend`` with
+  skip-on-success, completing inline or on the port (``_make_socket_transport`` /
+  ``_make_ssl_transport``). The transport is registered in ``_transports`` as the selector
+  loop's are, so ``add_reader`` on its socket raises. A socket another port already has falls
+  back to the selector loop's readiness transport;
 - ``connect_read_pipe`` / ``connect_write_pipe`` and the pipes of ``subprocess_exec`` /
   ``subprocess_shell`` are overlapped ``ReadFile`` / ``WriteFile`` completing on the same port
   (``afd.aio_pipes``), and children's exits are job-object messages on it
@@ -14,9 +21,13 @@ selector is an :class:`~afd.AfdSelector` running on the loop's :class:`~afd.aio_
   writing to the self-pipe socket; the self-pipe stays only as the ``signal.set_wakeup_fd`` of
   ``run_forever`` in the main thread, so Ctrl-C ends a wait at once.
 
-Socket transports: ``_make_socket_transport`` / ``_make_ssl_transport`` are the selector
-loop's (readiness). They are the one place to change to move sockets to completion-based
-receive/send, once ``iocp`` has overlapped socket primitives.
+Why ``sock_recv`` / ``sock_sendall`` stay readiness-based: they try the call at once and poll
+only when it would block; a receive that has to wait costs the same wineserver requests either
+way under Wine (about 7: ACTIVE_KB AS7), and an overlapped call would tie a socket the caller
+still owns to this port for good.
+
+The selector (``_LoopSelector``) also decides when socket transports' receives are issued (at
+idle, in order) and skips zero-timeout polls right after I/O: see its ``select``.
 """
 
 from __future__ import annotations

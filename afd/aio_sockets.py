@@ -12,13 +12,24 @@
   completed — no Python object's address is handed to the kernel.
 - **One receive and one send in flight.** While a send is pending, further writes are appended
   to a buffer that goes out as one ``WSASend`` when it completes.
-- **Inline completions.** The socket gets skip-on-success when it is its own base handle
-  (``iocp.socket_io.skip_is_safe``): a receive that finds data, or a send the socket buffer
-  takes, returns ``COMPLETED`` with no packet. Such a receive is delivered at once and the next
-  receive issued, at most :data:`INLINE_BUDGET` times in a row; then the next receive goes
-  through ``call_soon``, so one socket that is always readable cannot starve the loop. A
-  receive that is ``PENDING`` completes through the port (``IO_KEY``) and the loop calls
-  :meth:`SocketTransport._completed`.
+- **Inline completions, and when a receive is issued.** The socket gets skip-on-success when
+  it is its own base handle (``iocp.socket_io.skip_is_safe``): a receive that finds data, or a
+  send the socket buffer takes, returns ``COMPLETED`` with no packet, no wait and no dequeue
+  (3 wineserver requests under Wine, where a receive that waits costs about 7: ACTIVE_KB AS2).
+  So *when* a receive is issued decides what it costs: a transport does not issue its next
+  receive itself but queues it with the loop (``_want_receive``), which issues queued
+  receives in order when it is idle — after every ready callback ran, i.e. after the
+  protocols reacted to the last data (a reply written), so the peer's answer is usually there
+  already — stopping at the first that delivers data so that its callbacks run first; and, so
+  that a busy loop still reads, all of them at each zero-timeout poll it does not skip. A
+  receive completed inline is delivered at once and the transport's next receive goes to
+  the back of the queue: the inline budget is one receive per transport per turn, so a socket
+  that is always readable cannot starve the loop or another socket. A receive that is
+  ``PENDING`` completes through the port (``IO_KEY``), and the loop calls
+  :meth:`SocketTransport._completed` through ``call_soon``.
+- **Receive size.** The first receive asks for :data:`READ_SIZE` bytes; one that fills its
+  buffer doubles the next, up to :data:`READ_MAX`. The buffer is reused while it is big
+  enough.
 - **The socket is this loop's for good.** A handle is associated with one completion port for
   its whole life and skip-on-success cannot be cleared: a socket that had a transport here can
   not later be driven by another loop's completion-based I/O, and a non-overlapped call on it
