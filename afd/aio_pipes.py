@@ -208,23 +208,14 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, asyncio.WriteTranspor
                  protocol: asyncio.BaseProtocol, extra: dict[str, Any] | None = None) -> None:
         super().__init__(loop, port, pipe, protocol, extra)
         self._write_op: WriteOperation | None = None
-        self._in_flight = 0  # bytes of the write in flight
-        self._buffer = bytearray()
         self._init_flow_control()
         self._draining_to_close = False
         self._eof_called = False
         loop.call_soon(protocol.connection_made, self)
 
-    def get_write_buffer_size(self) -> int:
-        return self._in_flight + len(self._buffer)
-
     # -- writing ---------------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not "
-                            f"{type(data).__name__!r}")
-        if self._eof_called:
-            raise RuntimeError("Cannot call write() after write_eof()")
+        self._check_write(data, self._eof_called)
         if self._closing or not data:
             return  # closed, aborted or lost: asyncio transports drop such writes (drain()
             # then raises ConnectionResetError once connection_lost was called)

@@ -138,8 +138,6 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         # writing
         self._write_op: WriteOperation | None = None
         self._write_spare: WriteOperation | None = None
-        self._in_flight = 0
-        self._buffer = bytearray()
         self._eof_requested = False  # write_eof() called
         if server is not None:
             server._attach()
@@ -262,15 +260,8 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
             self._want_receive(self._read)
 
     # -- writing ---------------------------------------------------------------------------
-    def get_write_buffer_size(self) -> int:
-        return self._in_flight + len(self._buffer)
-
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not "
-                            f"{type(data).__name__!r}")
-        if self._eof_requested:
-            raise RuntimeError("Cannot call write() after write_eof()")
+        self._check_write(data, self._eof_requested)
         if not data or self._lost:
             return  # lost: asyncio transports drop such writes (drain() then raises)
         if self._write_op is None and not self._buffer:

@@ -97,7 +97,26 @@ class WriteFlowControl(transports._FlowControlMixin):
         def _maybe_pause_protocol(self) -> None: ...
         def _maybe_resume_protocol(self) -> None: ...
 
+    _in_flight: int
+    """Bytes of the write in flight."""
+    _buffer: bytearray
+    """Bytes written while a write was in flight, not yet sent."""
+
     def _init_flow_control(self) -> None:
         # _FlowControlMixin.__init__ would call BaseTransport.__init__ a second time.
         self._protocol_paused = False
         self._set_write_buffer_limits()
+        self._in_flight = 0
+        self._buffer = bytearray()
+
+    def get_write_buffer_size(self) -> int:
+        return self._in_flight + len(self._buffer)
+
+    @staticmethod
+    def _check_write(data: object, eof_called: bool) -> None:
+        """``write()``'s argument checks, as the stdlib transports make them."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not "
+                            f"{type(data).__name__!r}")
+        if eof_called:
+            raise RuntimeError("Cannot call write() after write_eof()")

@@ -81,7 +81,7 @@ class Recorder(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-async def _serve(protocol: asyncio.BaseProtocol) -> tuple[asyncio.AbstractServer, socket.socket]:
+async def _serve(protocol: asyncio.BaseProtocol) -> tuple[asyncio.Server, socket.socket]:
     """A server whose one connection gets ``protocol``, and a plain client socket connected to
     it (non-blocking, for the loop's readiness-based ``sock_*`` methods)."""
     loop = asyncio.get_running_loop()
