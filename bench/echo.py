@@ -13,6 +13,8 @@ Cases (each figure the median of ``--runs`` runs, every run bounded in time and 
 - ``subprocess cat``: 16 MiB written to a Python ``cat`` child's stdin while its stdout is
   read, MB/s (the loops with subprocesses, and ``subprocess.Popen`` with two threads).
 
+``--in-loop SUBJECT --round-trips N`` makes N ping-pong round trips with client and server in
+one asyncio subject's loop and exits (``bench/echo_requests.py --in-loop`` counts its requests).
 ``--serve-once SUBJECT`` serves one echo connection and exits (it prints the port first):
 ``bench/echo_requests.py`` drives it from Linux under ``wine-requests`` to count wineserver
 requests per round trip.
@@ -504,6 +506,21 @@ def serve_once(subject: str) -> None:
     _asyncio_runner(make_loop)(asyncio_main)
 
 
+def in_loop(subject: str, round_trips: int) -> None:
+    """``round_trips`` 64-byte round trips, client and server in ``subject``'s loop."""
+    async def body() -> None:
+        server, port = await _asyncio_server()
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(round_trips):
+                writer.write(MESSAGE)
+                await reader.readexactly(len(MESSAGE))
+            writer.close()
+            await writer.wait_closed()
+
+    _asyncio_runner(asyncio_subjects()[subject])(body)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -511,12 +528,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--case", choices=list(CASES), action="append",
                         help="run only these cases (default: all)")
     parser.add_argument("--json", help="write the raw results to this file")
+    parser.add_argument("--in-loop", metavar="SUBJECT",
+                        help="make --round-trips round trips in SUBJECT's loop and exit")
+    parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--serve-once", metavar="SUBJECT",
                         help="serve one echo connection with SUBJECT and exit")
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if sys.platform != "win32":
         print("bench.echo compares Windows event loops: run it with tools/winpy -m bench.echo")
         return 2
+    if arguments.in_loop:
+        in_loop(arguments.in_loop, arguments.round_trips)
+        return 0
     if arguments.serve_once:
         serve_once(arguments.serve_once)
         return 0
