@@ -117,6 +117,10 @@ class _LoopSelector(AfdSelector):
                 return True
         return self._io_seen
 
+    def close(self) -> None:
+        self._receives.clear()  # transports' bound methods: let them go with the loop
+        super().close()
+
     def io_seen(self) -> None:
         """The loop's own I/O completed inline (no packet): new work, as after a dequeue that
         found something."""
