@@ -3,7 +3,8 @@
 ``select()`` (SelectSelector), winloop (libuv) and trio (each running its own server and
 clients in one loop) and blocking sockets with a thread per connection.
 
-Cases (each figure the median of ``--runs`` runs, every run bounded in time and count):
+Cases (each figure the median of ``--runs`` runs, every run bounded in time and count; the
+subjects of a case run in turn, one run each per round):
 
 - ``ping-pong``: one connection, 64-byte messages, round trips per second;
 - ``streaming``: one connection, 64 KiB writes echoed back while the client keeps writing,
@@ -421,41 +422,54 @@ def asyncio_subjects() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     return subjects
 
 
-def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
-    have_trio = import_trio(optional=True) is not None
-    for case in cases:
-        unit, better, body = CASES[case]
-        for subject, make_loop in asyncio_subjects().items():
-            runner = _asyncio_runner(make_loop)
-            if case == "subprocess cat" and subject in NO_SUBPROCESSES:
-                results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
-                                    "no subprocesses (a selector loop on Windows)")
-                continue
-            if case == "1000 connections" and subject == "asyncio SelectSelector":
-                try:
-                    runner(body)
-                except ValueError as error:  # select() on more than 512 sockets
-                    results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
-                                        f"fails: {error}")
-                    continue
-            results.measure("echo", case, subject, unit, better,  # type: ignore[arg-type]
-                            lambda runner=runner, body=body: runner(body), runs)  # type: ignore[misc]
-        if case == "subprocess cat":
-            results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]
-                            _threads_subprocess_cat, runs,
-                            note="subprocess.Popen + a writer thread")
-            results.ratios("echo", case, OURS)
+def _case_subjects(case: str, results: Results
+                   ) -> list[tuple[str, Callable[[], float], str]]:
+    """The subjects of one case as ``(name, one run, note)``; those that cannot run it are
+    recorded as unavailable here."""
+    unit, better, body = CASES[case]
+    subjects: list[tuple[str, Callable[[], float], str]] = []
+    for subject, make_loop in asyncio_subjects().items():
+        runner = _asyncio_runner(make_loop)
+        if case == "subprocess cat" and subject in NO_SUBPROCESSES:
+            results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
+                                "no subprocesses (a selector loop on Windows)")
             continue
-        results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]
-                        lambda case=case: _threads_case(case), runs,  # type: ignore[misc]
-                        note="a thread per connection")
-        if have_trio:
-            results.measure("echo", case, "trio", unit, better,  # type: ignore[arg-type]
-                            lambda case=case: _trio_case(case), runs,  # type: ignore[misc]
-                            note="patched to SIO_BASE_HANDLE under Wine" if under_wine() else "")
-        else:
-            results.unavailable("echo", case, "trio", unit, better,  # type: ignore[arg-type]
-                                "trio is not installed (tools/install-bench.sh)")
+        if case == "1000 connections" and subject == "asyncio SelectSelector":
+            try:
+                runner(body)
+            except ValueError as error:  # select() on more than 512 sockets
+                results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
+                                    f"fails: {error}")
+                continue
+        subjects.append(
+            (subject, lambda runner=runner, body=body: runner(body), ""))  # type: ignore[misc]
+    if case == "subprocess cat":
+        subjects.append(("blocking threads", _threads_subprocess_cat,
+                         "subprocess.Popen + a writer thread"))
+        return subjects
+    subjects.append(("blocking threads", lambda: _threads_case(case), "a thread per connection"))
+    if import_trio(optional=True) is not None:
+        subjects.append(("trio", lambda: _trio_case(case),
+                         "patched to SIO_BASE_HANDLE under Wine" if under_wine() else ""))
+    else:
+        results.unavailable("echo", case, "trio", unit, better,  # type: ignore[arg-type]
+                            "trio is not installed (tools/install-bench.sh)")
+    return subjects
+
+
+def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
+    """Each case's subjects in turn, ``runs`` rounds: one run of every subject per round, so a
+    change of machine load over minutes lands on all of them rather than on one."""
+    for case in cases:
+        unit, better, _ = CASES[case]
+        subjects = _case_subjects(case, results)
+        values: dict[str, list[float]] = {name: [] for name, _, _ in subjects}
+        for _ in range(runs):
+            for name, run, _ in subjects:
+                values[name].append(run())
+        for name, _, note in subjects:
+            results.record("echo", case, name, unit, better,  # type: ignore[arg-type]
+                           values[name], note=note)
         results.ratios("echo", case, OURS)
 
 
