@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import selectors
 import sys
@@ -68,14 +69,15 @@ async def _asyncio_server() -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-async def _asyncio_ping_pong() -> float:
+async def _asyncio_ping_pong(most: int = PING_PONG_MAX,
+                             seconds: float = PING_PONG_SECONDS) -> float:
     server, port = await _asyncio_server()
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         done = 0
-        deadline = time.perf_counter() + PING_PONG_SECONDS
+        deadline = time.perf_counter() + seconds
         started = time.perf_counter()
-        while done < PING_PONG_MAX and time.perf_counter() < deadline:
+        while done < most and time.perf_counter() < deadline:
             writer.write(MESSAGE)
             await reader.readexactly(len(MESSAGE))
             done += 1
@@ -522,15 +524,8 @@ def serve_once(subject: str) -> None:
 
 def in_loop(subject: str, round_trips: int) -> None:
     """``round_trips`` 64-byte round trips, client and server in ``subject``'s loop."""
-    async def body() -> None:
-        server, port = await _asyncio_server()
-        async with server:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            for _ in range(round_trips):
-                writer.write(MESSAGE)
-                await reader.readexactly(len(MESSAGE))
-            writer.close()
-            await writer.wait_closed()
+    async def body() -> float:
+        return await _asyncio_ping_pong(round_trips, math.inf)
 
     _asyncio_runner(asyncio_subjects()[subject])(body)
 

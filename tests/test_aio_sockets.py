@@ -21,7 +21,7 @@ import pytest
 
 from afd import asyncio_loop
 
-from .test_aio_loop import random_chunks
+from .test_aio_loop import read_to_end, send_chunks
 
 Runner: Any = getattr(asyncio, "Runner", None)  # Python 3.11+ (the Wine legs run 3.11)
 
@@ -116,18 +116,7 @@ def test_streams_use_the_completion_transport_byte_exact_both_ways() -> None:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert _transport_type(writer) == "SocketTransport"
-
-        async def send_own() -> None:
-            for chunk in random_chunks(downstream, rng):
-                writer.write(chunk)
-                await writer.drain()
-            writer.write_eof()
-
-        sender = asyncio.create_task(send_own())
-        got = bytearray()
-        while data := await reader.read(rng.randint(1, 100_000)):
-            got += data
-        await sender
+        got = await read_to_end(reader, rng, send_chunks(writer, downstream, rng))
         assert hashlib.sha256(got).digest() == hashlib.sha256(upstream).digest()
         writer.close()
 
@@ -137,20 +126,8 @@ def test_streams_use_the_completion_transport_byte_exact_both_ways() -> None:
             port = server.sockets[0].getsockname()[1]
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             assert _transport_type(writer) == "SocketTransport"
-
-            async def send() -> None:
-                for chunk in random_chunks(upstream, rng):
-                    writer.write(chunk)
-                    if rng.random() < 0.5:
-                        await writer.drain()
-                await writer.drain()
-                writer.write_eof()
-
-            sender = asyncio.create_task(send())
-            received = bytearray()
-            while data := await reader.read(rng.randint(1, 100_000)):
-                received += data
-            await sender
+            received = await read_to_end(reader, rng,
+                                         send_chunks(writer, upstream, rng, drain_chance=0.5))
             writer.close()
             await writer.wait_closed()
         assert hashlib.sha256(received).digest() == hashlib.sha256(downstream).digest()
