@@ -1,11 +1,18 @@
-"""``AfdEventLoop``: one asyncio loop with ``add_reader`` for any number of sockets, subprocesses
-and pipes, all on one completion port.
+"""``AfdEventLoop``: one asyncio loop with ``add_reader`` for any number of sockets, completion-
+based socket transports, subprocesses and pipes, all on one completion port.
 
 It is an ``asyncio.SelectorEventLoop`` (libraries such as aiodns and psycopg check that) whose
 selector is an :class:`~afd.AfdSelector` running on the loop's :class:`~afd.aio_port.LoopPort`:
 
-- ``add_reader`` / ``add_writer`` and the socket transports, servers and ``sock_*`` methods are
-  the selector loop's, on AFD polls (no 512-socket ceiling);
+- ``add_reader`` / ``add_writer``, accepting connections, connecting and the ``sock_*`` methods
+  are the selector loop's, on AFD polls (no 512-socket ceiling);
+- connected stream sockets (servers, ``create_connection``, ``open_connection``,
+  ``connect_accepted_socket``, and the raw socket under TLS) get ``afd.aio_sockets``'
+  :class:`~afd.aio_sockets.SocketTransport`: overlapped ``WSARecv`` / ``WSASend`` with
+  skip-on-success, completing inline or on the port (``_make_socket_transport`` /
+  ``_make_ssl_transport``). The transport is registered in ``_transports`` as the selector
+  loop's are, so ``add_reader`` on its socket raises. A socket another port already has falls
+  back to the selector loop's readiness transport;
 - ``connect_read_pipe`` / ``connect_write_pipe`` and the pipes of ``subprocess_exec`` /
   ``subprocess_shell`` are overlapped ``ReadFile`` / ``WriteFile`` completing on the same port
   (``afd.aio_pipes``), and children's exits are job-object messages on it
@@ -14,25 +21,33 @@ selector is an :class:`~afd.AfdSelector` running on the loop's :class:`~afd.aio_
   writing to the self-pipe socket; the self-pipe stays only as the ``signal.set_wakeup_fd`` of
   ``run_forever`` in the main thread, so Ctrl-C ends a wait at once.
 
-Socket transports: ``_make_socket_transport`` / ``_make_ssl_transport`` are the selector
-loop's (readiness). They are the one place to change to move sockets to completion-based
-receive/send, once ``iocp`` has overlapped socket primitives.
+Why ``sock_recv`` / ``sock_sendall`` stay readiness-based: they try the call at once and poll
+only when it would block; a receive that has to wait costs the same wineserver requests either
+way under Wine (about 7: ACTIVE_KB AS7), and an overlapped call would tie a socket the caller
+still owns to this port for good.
+
+The selector (``_LoopSelector``) also decides when socket transports' receives are issued (at
+idle, in order) and skips zero-timeout polls right after I/O: see its ``select``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import selectors
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from iocp import WAKEUP_KEY, Completion, PortClosedError
+from iocp import WAKEUP_KEY, Completion, PortClosedError, SocketIO
 
 from .aio_pipes import ReadPipeTransport, WritePipeTransport
 from .aio_port import IO_KEY, JOB_KEY, LoopPort
+from .aio_sockets import SocketTransport, make_ssl_transport
 from .aio_subprocess import ChildWatcher, SubprocessTransport
+from .aio_transport import set_result_unless_cancelled
 from .selector import AfdSelector
 
 __all__ = ["MAX_SKIPPED_POLLS", "AfdEventLoop"]
@@ -40,11 +55,6 @@ __all__ = ["MAX_SKIPPED_POLLS", "AfdEventLoop"]
 MAX_SKIPPED_POLLS = 4
 """Zero-timeout polls skipped in a row after a dequeue that found something (so ready callbacks
 that keep scheduling callbacks still see new I/O every few iterations)."""
-
-
-def _set_result_unless_cancelled(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.set_result(None)
 
 
 class _LoopSelector(AfdSelector):
@@ -57,22 +67,65 @@ class _LoopSelector(AfdSelector):
         super().__init__(port=port)
         self._polls_skipped = 0
         self._just_dequeued = False
+        self._io_seen = False
+        self._receives: collections.deque[Callable[[], None]] = collections.deque()
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        """As :meth:`AfdSelector.select`, except that a zero-timeout call right after a call
-        that dequeued something returns ``[]`` without asking the kernel, at most
-        :data:`MAX_SKIPPED_POLLS` times in a row: the loop asks with timeout 0 whenever callbacks
-        are ready, which after a batch of I/O is nearly always, and under Wine each ask is a
-        wineserver round trip that rarely finds anything new (ACTIVE_KB A9). Completions are
-        never lost by a skip: they stay queued on the port for the next call."""
-        if (timeout is not None and timeout <= 0 and self._just_dequeued
-                and self._polls_skipped < MAX_SKIPPED_POLLS):
+        """As :meth:`AfdSelector.select`, with two changes that save wineserver round trips.
+
+        - A zero-timeout call right after a call that found I/O returns ``[]`` without asking
+          the kernel, at most :data:`MAX_SKIPPED_POLLS` times in a row: the loop asks with
+          timeout 0 whenever callbacks are ready, which after a batch of I/O is nearly always,
+          and under Wine each ask is a round trip that rarely finds anything new (ACTIVE_KB
+          A9). Completions are never lost by a skip: they stay queued on the port.
+        - Receives that socket transports want to issue (:meth:`want_receive`) are issued here,
+          in the order asked, when the loop has nothing else to do (``timeout`` is not 0) and,
+          so that a busy loop still reads, at every zero-timeout call that is not skipped. A
+          receive issued after every ready callback ran (the protocols' reactions: the reply
+          written) finds the peer's answer already there far more often, and completes inline
+          with no packet, no wait and no dequeue (ACTIVE_KB AS2). Once one delivered data, the
+          loop runs the callbacks that woke before asking the kernel.
+        """
+        idle = timeout is None or timeout > 0
+        if (not idle and self._just_dequeued and self._polls_skipped < MAX_SKIPPED_POLLS):
             self._polls_skipped += 1
             return []
+        if self._receives and self._issue_receives(stop_at_data=idle):
+            self._just_dequeued = True
+            if idle and self._polls_skipped < MAX_SKIPPED_POLLS:
+                self._polls_skipped += 1
+                return []  # data came in: run its callbacks before asking the kernel
+            timeout = 0
         self._polls_skipped = 0
         ready = super().select(timeout)
         self._just_dequeued = bool(ready) or self._port_took()
         return ready
+
+    def want_receive(self, receive: Callable[[], None]) -> None:
+        """Call ``receive`` (a transport issuing its next receive) at the next
+        :meth:`select` that may issue receives."""
+        self._receives.append(receive)
+
+    def _issue_receives(self, stop_at_data: bool) -> bool:
+        """Issue the receives wanted when this began, in order (``stop_at_data``: until one
+        delivers data inline); whether one did."""
+        receives = self._receives
+        self._io_seen = False
+        for _ in range(len(receives)):
+            receives.popleft()()
+            if stop_at_data and self._io_seen:
+                return True
+        return self._io_seen
+
+    def close(self) -> None:
+        self._receives.clear()  # transports' bound methods: let them go with the loop
+        super().close()
+
+    def io_seen(self) -> None:
+        """The loop's own I/O completed inline (no packet): new work, as after a dequeue that
+        found something."""
+        self._io_seen = True
+        self._just_dequeued = True
 
     def _port_took(self) -> bool:
         port = self._poller._port
@@ -104,6 +157,14 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         super()._process_events(event_list)  # type: ignore[misc]
         self._port.dispatch(self._dispatch)
 
+    def _io_seen(self) -> None:
+        """A transport's request completed inline (see ``_LoopSelector.io_seen``)."""
+        self._selector.io_seen()  # type: ignore[attr-defined]
+
+    def _want_receive(self, receive: Callable[[], None]) -> None:
+        """Issue a socket transport's next receive when the loop is idle (``_LoopSelector``)."""
+        self._selector.want_receive(receive)  # type: ignore[attr-defined]
+
     def _dispatch(self, completion: Completion) -> None:
         if completion.key == IO_KEY:
             operation = completion.operation
@@ -131,6 +192,39 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         finally:
             signal.set_wakeup_fd(previous)
 
+    # -- sockets -------------------------------------------------------------------------
+    def _socket_io(self, sock: socket.socket) -> SocketIO | None:
+        """The socket's overlapped I/O on the loop's port, or ``None`` if it cannot be
+        associated (another port has it): it then gets the selector loop's transport."""
+        try:
+            return SocketIO(self._port, sock, IO_KEY)
+        except OSError:
+            return None
+
+    def _make_socket_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                               waiter: asyncio.Future[Any] | None = None, *,
+                               extra: dict[str, Any] | None = None,
+                               server: Any = None) -> asyncio.Transport:
+        io = self._socket_io(sock)
+        if io is None:
+            return super()._make_socket_transport(  # type: ignore[misc,no-any-return]
+                sock, protocol, waiter, extra=extra, server=server)
+        return SocketTransport(self, io, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: asyncio.BaseProtocol,
+                            sslcontext: Any, waiter: asyncio.Future[Any] | None = None, *,
+                            server_side: bool = False, server_hostname: str | None = None,
+                            extra: dict[str, Any] | None = None, server: Any = None,
+                            **timeouts: Any) -> asyncio.Transport:
+        io = self._socket_io(rawsock)
+        if io is None:
+            return super()._make_ssl_transport(  # type: ignore[misc,no-any-return]
+                rawsock, protocol, sslcontext, waiter, server_side=server_side,
+                server_hostname=server_hostname, extra=extra, server=server, **timeouts)
+        return make_ssl_transport(self, io, rawsock, protocol, sslcontext, waiter,
+                                  server_side=server_side, server_hostname=server_hostname,
+                                  extra=extra, server=server, **timeouts)
+
     # -- pipes ---------------------------------------------------------------------------
     async def connect_read_pipe(  # type: ignore[override]
             self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any,
@@ -157,7 +251,7 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         loops' ``connect_*_pipe`` do, so a caller never holds a transport whose protocol has
         not seen it yet."""
         waiter = self.create_future()
-        self.call_soon(_set_result_unless_cancelled, waiter)
+        self.call_soon(set_result_unless_cancelled, waiter)
         try:
             await waiter
         except BaseException:

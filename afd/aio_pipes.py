@@ -31,6 +31,7 @@ from iocp import Handle, Operation, ReadOperation, WriteOperation, start_read, s
 from ntdll import NtStatusError
 
 from .aio_port import IO_KEY, LoopPort
+from .aio_transport import CompletionTransport, WriteFlowControl
 
 __all__ = ["READ_SIZE", "ReadPipeTransport", "WritePipeTransport", "pipe_handle"]
 
@@ -62,29 +63,16 @@ def pipe_handle(pipe: Any) -> int:
     return int(fileno())
 
 
-class _PipeTransport(asyncio.BaseTransport):
-    """What both directions share: the handle, the protocol, closing and losing the connection."""
+class _PipeTransport(CompletionTransport):
+    """What both directions share: the handle, cancelling, closing the pipe."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, port: LoopPort, pipe: Any,
                  protocol: asyncio.BaseProtocol, extra: dict[str, Any] | None) -> None:
-        super().__init__({**(extra or {}), "pipe": pipe})
-        self._loop = loop
+        super().__init__(loop, protocol, {**(extra or {}), "pipe": pipe})
         self._port = port
         self._pipe = pipe
         self._handle = pipe_handle(pipe)
-        self._protocol = protocol
-        self._closing = False
-        self._lost = False
         port.associate(self._handle, IO_KEY)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def _cancel(self, operation: Operation | None) -> None:
         if operation is not None and operation.pending:
@@ -93,25 +81,7 @@ class _PipeTransport(asyncio.BaseTransport):
             except OSError:
                 pass  # the handle is gone: the kernel cancels the request itself
 
-    def _lose(self, exc: Exception | None) -> None:
-        """Schedule ``connection_lost(exc)`` once, then close the pipe (at once, without telling
-        the protocol, if the loop is already closed: a transport collected late)."""
-        self._closing = True
-        if self._lost:
-            return
-        self._lost = True
-        if self._loop.is_closed():
-            self._close_pipe()
-            return
-        self._loop.call_soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc: Exception | None) -> None:
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._close_pipe()
-
-    def _close_pipe(self) -> None:
+    def _release(self) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is None:
             return
@@ -121,16 +91,6 @@ class _PipeTransport(asyncio.BaseTransport):
         elif isinstance(pipe, int):
             from ntdll import functions as nt
             nt.CloseHandle(pipe)
-
-    def _fatal_error(self, exc: Exception, message: str) -> None:
-        if not isinstance(exc, OSError) or self._loop.get_debug():
-            self._loop.call_exception_handler({
-                "message": message, "exception": exc, "transport": self,
-                "protocol": self._protocol})
-        self._abort(exc)
-
-    def _abort(self, exc: Exception | None) -> None:
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
@@ -241,72 +201,21 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
                           stacklevel=2)
 
 
-class WritePipeTransport(_PipeTransport, asyncio.WriteTransport):
+class WritePipeTransport(_PipeTransport, WriteFlowControl, asyncio.WriteTransport):
     """The writing end of a pipe, as ``loop.connect_write_pipe`` returns it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, port: LoopPort, pipe: Any,
                  protocol: asyncio.BaseProtocol, extra: dict[str, Any] | None = None) -> None:
         super().__init__(loop, port, pipe, protocol, extra)
         self._write_op: WriteOperation | None = None
-        self._in_flight = 0  # bytes of the write in flight
-        self._buffer = bytearray()
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._paused_protocol = False
+        self._init_flow_control()
         self._draining_to_close = False
         self._eof_called = False
         loop.call_soon(protocol.connection_made, self)
 
-    # -- flow control ----------------------------------------------------------------------
-    def get_write_buffer_size(self) -> int:
-        return self._in_flight + len(self._buffer)
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._low, self._high
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
-        self._maybe_pause_protocol()
-
-    def _maybe_pause_protocol(self) -> None:
-        if self._paused_protocol or self.get_write_buffer_size() <= self._high:
-            return
-        self._paused_protocol = True
-        try:
-            self._protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": "protocol.pause_writing() failed", "exception": exc,
-                "transport": self, "protocol": self._protocol})
-
-    def _maybe_resume_protocol(self) -> None:
-        if not self._paused_protocol or self.get_write_buffer_size() > self._low:
-            return
-        self._paused_protocol = False
-        try:
-            self._protocol.resume_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": "protocol.resume_writing() failed", "exception": exc,
-                "transport": self, "protocol": self._protocol})
-
     # -- writing ---------------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not "
-                            f"{type(data).__name__!r}")
-        if self._eof_called:
-            raise RuntimeError("Cannot call write() after write_eof()")
+        self._check_write(data, self._eof_called)
         if self._closing or not data:
             return  # closed, aborted or lost: asyncio transports drop such writes (drain()
             # then raises ConnectionResetError once connection_lost was called)

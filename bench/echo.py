@@ -3,7 +3,8 @@
 ``select()`` (SelectSelector), winloop (libuv) and trio (each running its own server and
 clients in one loop) and blocking sockets with a thread per connection.
 
-Cases (each figure the median of ``--runs`` runs, every run bounded in time and count):
+Cases (each figure the median of ``--runs`` runs, every run bounded in time and count; the
+subjects of a case run in turn, one run each per round):
 
 - ``ping-pong``: one connection, 64-byte messages, round trips per second;
 - ``streaming``: one connection, 64 KiB writes echoed back while the client keeps writing,
@@ -13,6 +14,8 @@ Cases (each figure the median of ``--runs`` runs, every run bounded in time and 
 - ``subprocess cat``: 16 MiB written to a Python ``cat`` child's stdin while its stdout is
   read, MB/s (the loops with subprocesses, and ``subprocess.Popen`` with two threads).
 
+``--in-loop SUBJECT --round-trips N`` makes N ping-pong round trips with client and server in
+one asyncio subject's loop and exits (``bench/echo_requests.py --in-loop`` counts its requests).
 ``--serve-once SUBJECT`` serves one echo connection and exits (it prints the port first):
 ``bench/echo_requests.py`` drives it from Linux under ``wine-requests`` to count wineserver
 requests per round trip.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import selectors
 import sys
@@ -65,14 +69,15 @@ async def _asyncio_server() -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-async def _asyncio_ping_pong() -> float:
+async def _asyncio_ping_pong(most: int = PING_PONG_MAX,
+                             seconds: float = PING_PONG_SECONDS) -> float:
     server, port = await _asyncio_server()
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         done = 0
-        deadline = time.perf_counter() + PING_PONG_SECONDS
+        deadline = time.perf_counter() + seconds
         started = time.perf_counter()
-        while done < PING_PONG_MAX and time.perf_counter() < deadline:
+        while done < most and time.perf_counter() < deadline:
             writer.write(MESSAGE)
             await reader.readexactly(len(MESSAGE))
             done += 1
@@ -419,41 +424,54 @@ def asyncio_subjects() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     return subjects
 
 
-def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
-    have_trio = import_trio(optional=True) is not None
-    for case in cases:
-        unit, better, body = CASES[case]
-        for subject, make_loop in asyncio_subjects().items():
-            runner = _asyncio_runner(make_loop)
-            if case == "subprocess cat" and subject in NO_SUBPROCESSES:
-                results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
-                                    "no subprocesses (a selector loop on Windows)")
-                continue
-            if case == "1000 connections" and subject == "asyncio SelectSelector":
-                try:
-                    runner(body)
-                except ValueError as error:  # select() on more than 512 sockets
-                    results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
-                                        f"fails: {error}")
-                    continue
-            results.measure("echo", case, subject, unit, better,  # type: ignore[arg-type]
-                            lambda runner=runner, body=body: runner(body), runs)  # type: ignore[misc]
-        if case == "subprocess cat":
-            results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]
-                            _threads_subprocess_cat, runs,
-                            note="subprocess.Popen + a writer thread")
-            results.ratios("echo", case, OURS)
+def _case_subjects(case: str, results: Results
+                   ) -> list[tuple[str, Callable[[], float], str]]:
+    """The subjects of one case as ``(name, one run, note)``; those that cannot run it are
+    recorded as unavailable here."""
+    unit, better, body = CASES[case]
+    subjects: list[tuple[str, Callable[[], float], str]] = []
+    for subject, make_loop in asyncio_subjects().items():
+        runner = _asyncio_runner(make_loop)
+        if case == "subprocess cat" and subject in NO_SUBPROCESSES:
+            results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
+                                "no subprocesses (a selector loop on Windows)")
             continue
-        results.measure("echo", case, "blocking threads", unit, better,  # type: ignore[arg-type]
-                        lambda case=case: _threads_case(case), runs,  # type: ignore[misc]
-                        note="a thread per connection")
-        if have_trio:
-            results.measure("echo", case, "trio", unit, better,  # type: ignore[arg-type]
-                            lambda case=case: _trio_case(case), runs,  # type: ignore[misc]
-                            note="patched to SIO_BASE_HANDLE under Wine" if under_wine() else "")
-        else:
-            results.unavailable("echo", case, "trio", unit, better,  # type: ignore[arg-type]
-                                "trio is not installed (tools/install-bench.sh)")
+        if case == "1000 connections" and subject == "asyncio SelectSelector":
+            try:
+                runner(body)
+            except ValueError as error:  # select() on more than 512 sockets
+                results.unavailable("echo", case, subject, unit, better,  # type: ignore[arg-type]
+                                    f"fails: {error}")
+                continue
+        subjects.append(
+            (subject, lambda runner=runner, body=body: runner(body), ""))  # type: ignore[misc]
+    if case == "subprocess cat":
+        subjects.append(("blocking threads", _threads_subprocess_cat,
+                         "subprocess.Popen + a writer thread"))
+        return subjects
+    subjects.append(("blocking threads", lambda: _threads_case(case), "a thread per connection"))
+    if import_trio(optional=True) is not None:
+        subjects.append(("trio", lambda: _trio_case(case),
+                         "patched to SIO_BASE_HANDLE under Wine" if under_wine() else ""))
+    else:
+        results.unavailable("echo", case, "trio", unit, better,  # type: ignore[arg-type]
+                            "trio is not installed (tools/install-bench.sh)")
+    return subjects
+
+
+def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
+    """Each case's subjects in turn, ``runs`` rounds: one run of every subject per round, so a
+    change of machine load over minutes lands on all of them rather than on one."""
+    for case in cases:
+        unit, better, _ = CASES[case]
+        subjects = _case_subjects(case, results)
+        values: dict[str, list[float]] = {name: [] for name, _, _ in subjects}
+        for _ in range(runs):
+            for name, run, _ in subjects:
+                values[name].append(run())
+        for name, _, note in subjects:
+            results.record("echo", case, name, unit, better,  # type: ignore[arg-type]
+                           values[name], note=note)
         results.ratios("echo", case, OURS)
 
 
@@ -504,6 +522,14 @@ def serve_once(subject: str) -> None:
     _asyncio_runner(make_loop)(asyncio_main)
 
 
+def in_loop(subject: str, round_trips: int) -> None:
+    """``round_trips`` 64-byte round trips, client and server in ``subject``'s loop."""
+    async def body() -> float:
+        return await _asyncio_ping_pong(round_trips, math.inf)
+
+    _asyncio_runner(asyncio_subjects()[subject])(body)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -511,12 +537,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--case", choices=list(CASES), action="append",
                         help="run only these cases (default: all)")
     parser.add_argument("--json", help="write the raw results to this file")
+    parser.add_argument("--in-loop", metavar="SUBJECT",
+                        help="make --round-trips round trips in SUBJECT's loop and exit")
+    parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--serve-once", metavar="SUBJECT",
                         help="serve one echo connection with SUBJECT and exit")
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if sys.platform != "win32":
         print("bench.echo compares Windows event loops: run it with tools/winpy -m bench.echo")
         return 2
+    if arguments.in_loop:
+        in_loop(arguments.in_loop, arguments.round_trips)
+        return 0
     if arguments.serve_once:
         serve_once(arguments.serve_once)
         return 0

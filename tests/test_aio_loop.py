@@ -43,6 +43,28 @@ def random_chunks(data: bytes, rng: random.Random, largest: int = 70_000) -> lis
     return chunks
 
 
+async def send_chunks(writer: asyncio.StreamWriter, payload: bytes, rng: random.Random,
+                      drain_chance: float = 1.0) -> None:
+    """Write ``payload`` in random chunks (draining after a share of them), then EOF."""
+    for chunk in random_chunks(payload, rng):
+        writer.write(chunk)
+        if rng.random() < drain_chance:
+            await writer.drain()
+    await writer.drain()
+    writer.write_eof()
+
+
+async def read_to_end(reader: asyncio.StreamReader, rng: random.Random,
+                      sending: Awaitable[None]) -> bytes:
+    """Read in random sizes until EOF while ``sending`` runs; return what came."""
+    sender = asyncio.ensure_future(sending)
+    received = bytearray()
+    while data := await reader.read(rng.randint(1, 100_000)):
+        received += data
+    await sender
+    return bytes(received)
+
+
 def test_the_loop_is_a_selector_loop_on_one_port() -> None:
     """aiodns/psycopg check isinstance(loop, SelectorEventLoop); every request completes on
     loop.port: the AFD helpers' polls (add_reader) and the pipes' reads alike."""
@@ -90,18 +112,7 @@ def test_streams_are_byte_exact_under_random_chunking() -> None:
         port = server.sockets[0].getsockname()[1]
         async with server:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-            async def send() -> None:
-                for chunk in random_chunks(payload, rng):
-                    writer.write(chunk)
-                    await writer.drain()
-                writer.write_eof()
-
-            sender = asyncio.create_task(send())
-            received = bytearray()
-            while data := await reader.read(rng.randint(1, 100_000)):
-                received += data
-            await sender
+            received = await read_to_end(reader, rng, send_chunks(writer, payload, rng))
             writer.close()
         assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 

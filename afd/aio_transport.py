@@ -1,0 +1,122 @@
+"""What the loop's completion-based transports share (pipes: ``afd.aio_pipes``; sockets:
+``afd.aio_sockets``): the protocol, closing, losing the connection exactly once, fatal errors,
+and write flow control.
+
+Write flow control is asyncio's own ``transports._FlowControlMixin`` (the stdlib's selector and
+Proactor transports use it too): ``pause_writing`` above the high-water mark of bytes not yet
+written, ``resume_writing`` at or below the low-water mark, the same default limits, and the
+``_protocol_paused`` flag that ``loop.sendfile``'s fallback reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from asyncio import transports
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["CompletionTransport", "WriteFlowControl", "set_result_unless_cancelled"]
+
+
+def set_result_unless_cancelled(future: asyncio.Future[Any]) -> None:
+    """Resolve a waiter with ``None`` unless it was cancelled meanwhile."""
+    if not future.cancelled():
+        future.set_result(None)
+
+
+class CompletionTransport(asyncio.BaseTransport):
+    """A transport whose I/O completes on the loop's port.
+
+    ``connection_lost`` is scheduled exactly once (:meth:`_lose`), after which the subclass's
+    :meth:`_release` frees the handle. Subclasses give :meth:`_abort` and :meth:`_release`.
+    """
+
+    _loop: asyncio.AbstractEventLoop
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.BaseProtocol,
+                 extra: dict[str, Any] | None) -> None:
+        asyncio.BaseTransport.__init__(self, extra)
+        self._loop = loop
+        self._protocol = protocol
+        self._closing = False
+        self._lost = False
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _lose(self, exc: Exception | None) -> None:
+        """Schedule ``connection_lost(exc)`` once, then release the handle (at once, without
+        telling the protocol, if the loop is already closed: a transport collected late)."""
+        self._closing = True
+        if self._lost:
+            return
+        self._lost = True
+        if self._loop.is_closed():
+            self._release()
+            return
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Close the handle (``connection_lost`` was called, or the loop is gone)."""
+        raise NotImplementedError
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        """An I/O error: reported to the loop's exception handler unless it is an ``OSError``
+        (a peer's reset is the connection's business, not a bug), then the transport aborts
+        with it (``connection_lost(exc)``)."""
+        if not isinstance(exc, OSError) or self._loop.get_debug():
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self,
+                "protocol": self._protocol})
+        self._abort(exc if isinstance(exc, Exception) else None)
+
+    def _abort(self, exc: Exception | None) -> None:
+        raise NotImplementedError
+
+
+class WriteFlowControl(transports._FlowControlMixin):
+    """asyncio's write flow control for a :class:`CompletionTransport` (call
+    :meth:`_init_flow_control` from ``__init__``; ``get_write_buffer_size`` is the subclass's)."""
+
+    if TYPE_CHECKING:  # the mixin's private methods, which typeshed does not declare
+        _protocol_paused: bool
+
+        def _set_write_buffer_limits(self, high: int | None = None,
+                                     low: int | None = None) -> None: ...
+        def _maybe_pause_protocol(self) -> None: ...
+        def _maybe_resume_protocol(self) -> None: ...
+
+    _in_flight: int
+    """Bytes of the write in flight."""
+    _buffer: bytearray
+    """Bytes written while a write was in flight, not yet sent."""
+
+    def _init_flow_control(self) -> None:
+        # _FlowControlMixin.__init__ would call BaseTransport.__init__ a second time.
+        self._protocol_paused = False
+        self._set_write_buffer_limits()
+        self._in_flight = 0
+        self._buffer = bytearray()
+
+    def get_write_buffer_size(self) -> int:
+        return self._in_flight + len(self._buffer)
+
+    @staticmethod
+    def _check_write(data: object, eof_called: bool) -> None:
+        """``write()``'s argument checks, as the stdlib transports make them."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not "
+                            f"{type(data).__name__!r}")
+        if eof_called:
+            raise RuntimeError("Cannot call write() after write_eof()")
