@@ -138,9 +138,9 @@ class OverlappedStream(Stream):
     def write_chunk(self, data: bytes | memoryview, callback: WriteCallback) -> None:
         if self._closed:
             raise ValueError(f"write on a closed {self._what}")
-        # A view of a read's buffer is written from where it is (no copy); bytes are copied
-        # into a fresh buffer per write: reusing the last one measured no faster (ACTIVE_KB
-        # issue 10) and would keep a chunk-sized buffer per idle session.
+        # A view of a read's buffer is written from where it is (no copy); small bytes are
+        # copied into the stream's one small write operation (SMALL_WRITE), larger ones into
+        # a fresh buffer per write.
         try:
             if type(data) is bytes and len(data) <= SMALL_WRITE:
                 small = self._small_write

@@ -103,13 +103,14 @@ PACKET = -1
 pending, or completed with a packet)."""
 
 IssueResult: TypeAlias = "int | OSError"
+"""What an ``issue`` callable returns: :data:`PACKET`; a byte count ``>= 0`` (completed at once,
+no packet: the handle skips the port on success); or the ``OSError`` of the call's own failure
+(nothing queued). See the module's essay."""
+
 Transfer: TypeAlias = Callable[[int, Buffer, int, OVERLAPPED], int]
 """A Win32 overlapped transfer (``ReadFile``, ``WSARecv``...): ``(handle, buffer, size,
 overlapped)`` -> 0 when it completed at once, another non-error code (``ERROR_IO_PENDING``) when
 a packet will come; raises ``OSError`` when it failed (nothing queued)."""
-"""What an ``issue`` callable returns: :data:`PACKET`; a byte count ``>= 0`` (completed at once,
-no packet: the handle skips the port on success); or the ``OSError`` of the call's own failure
-(nothing queued). See the module's essay."""
 
 # Operations still pending when their port closed (the kernel did not complete them in time).
 # Their memory may yet be written by the kernel, so it is never freed.
