@@ -58,6 +58,11 @@ READ_MAX = 1024 * 1024
 READ_BUFFERS = 3
 """Read buffers a stream keeps: one being read into, one whose bytes are queued, one whose
 bytes are being written out (a pending write)."""
+SMALL_WRITE = 4096
+"""Writes of ``bytes`` up to this size are copied into the stream's own small write operation,
+reused (its ``OVERLAPPED`` and buffer) once its last write completed: a round trip's writes
+allocate nothing. Larger ``bytes`` get a fresh buffer per write (reusing a chunk-sized one
+measured no faster and would keep that much memory per idle session: ACTIVE_KB issue 10)."""
 VIEW_FILL = 4
 """A read is handed out as a view of its buffer when it filled at least 1/VIEW_FILL of it."""
 _EMPTY = ctypes.create_string_buffer(0)
@@ -78,6 +83,7 @@ class OverlappedStream(Stream):
         self._read_cb: ReadCallback | None = None
         self._write_cb: WriteCallback | None = None
         self._write_op: WriteOperation | None = None
+        self._small_write: WriteOperation | None = None  # see SMALL_WRITE; None while in use
 
     @property
     def skip_on_success(self) -> bool:
@@ -132,16 +138,25 @@ class OverlappedStream(Stream):
     def write_chunk(self, data: bytes | memoryview, callback: WriteCallback) -> None:
         if self._closed:
             raise ValueError(f"write on a closed {self._what}")
-        # A view of a read's buffer is written from where it is (no copy); bytes are copied
-        # into a fresh buffer per write: reusing the last one measured no faster (ACTIVE_KB
-        # issue 10) and would keep a chunk-sized buffer per idle session.
+        # A view of a read's buffer is written from where it is (no copy); small bytes are
+        # copied into the stream's one small write operation (SMALL_WRITE), larger ones into
+        # a fresh buffer per write.
         try:
-            operation = self._write_op = self._io.write_from(data, tag=self)
+            if type(data) is bytes and len(data) <= SMALL_WRITE:
+                small = self._small_write
+                if small is None:
+                    small = WriteOperation(self, ctypes.create_string_buffer(SMALL_WRITE))
+                # Taken while the kernel may own it; given back below or in completed().
+                self._small_write = None
+                operation = self._write_op = self._io.write(data, tag=self, operation=small)
+            else:
+                operation = self._write_op = self._io.write_from(data, tag=self)
         except OSError as error:  # BrokenPipeError: the child closed its stdin
             self._loop.call_soon(self._deliver_write, callback, 0, error)
             return
         if operation.state is OperationState.COMPLETED:
             self._write_op = None
+            self._keep_small(operation)
             self._loop.inline_completed()
             self._loop.call_soon(self._deliver_write, callback, operation.information, None)
         else:
@@ -181,11 +196,20 @@ class OverlappedStream(Stream):
         elif isinstance(operation, WriteOperation):
             write_cb, self._write_cb = self._write_cb, None
             self._write_op = None
+            self._keep_small(operation)
             if write_cb is not None:
                 if operation.succeeded:
                     write_cb(operation.information, None)
                 else:
                     write_cb(0, self._failure(operation, "write"))
+
+    def _keep_small(self, operation: WriteOperation) -> None:
+        """A completed write: keep it for the next small write if it is the small one."""
+        if type(operation) is not WriteOperation:
+            return
+        buffer = operation.buffer  # completed: ours again
+        if buffer is not None and ctypes.sizeof(buffer) == SMALL_WRITE:
+            self._small_write = operation
 
     def _deliver_read(self, callback: ReadCallback, data: bytes | memoryview,
                       error: BaseException | None) -> None:

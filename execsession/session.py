@@ -446,6 +446,12 @@ class ExecSession:
         else:
             self._to_child.consume(count)
             self._activity()
+            if not self._to_child.size and self._reading_client and self._reading_out:
+                # Nothing for the pump to do (a round trip's common case): no bytes left to
+                # write; both reads are in flight, so neither needs the room this freed; the
+                # child's stdin is not to be shut (the client's EOF is not seen while a read
+                # of it is in flight), and nothing on the client side changed.
+                return
         self._pump()
 
     def _on_stdout_data(self, data: bytes | memoryview, error: BaseException | None) -> None:
@@ -493,6 +499,8 @@ class ExecSession:
         self._to_client.consume(count)
         self._bytes_out += count
         self._activity()
+        if not self._to_client.size and self._reading_out and self._reading_client:
+            return  # nothing for the pump to do: as in _on_stdin_written
         self._pump()
 
     def _on_exit(self, returncode: int) -> None:

@@ -40,12 +40,13 @@ class Operation:
     An operation can be issued again once completed (its status is reset).
     """
 
-    __slots__ = ("__weakref__", "_buffer", "_handle", "_overlapped", "_state", "information",
-                 "status", "tag")
+    __slots__ = ("__weakref__", "_apc", "_buffer", "_handle", "_overlapped", "_state",
+                 "information", "status", "tag")
 
     def __init__(self, tag: Any = None, buffer: Buffer | None = None) -> None:
         self.tag = tag
         self._overlapped = OVERLAPPED()
+        self._apc = ctypes.addressof(self._overlapped)  # fixed for the operation's life
         self._buffer = buffer
         self._handle: int | None = None
         self._state = OperationState.IDLE
@@ -64,8 +65,9 @@ class Operation:
 
     @property
     def apc_context(self) -> int:
-        """The value passed as ``ApcContext`` (the ``OVERLAPPED``'s address): for diagnostics."""
-        return ctypes.addressof(self._overlapped)
+        """The value passed as ``ApcContext`` (the ``OVERLAPPED``'s address): the port's key
+        for the operation while it is pending."""
+        return self._apc
 
     @property
     def handle(self) -> int | None:

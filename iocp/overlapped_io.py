@@ -50,16 +50,14 @@ while the next read fills another).
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 from typing import Any
 
 from ntdll import functions as nt
 from ntdll.functions import Buffer
-from ntdll.structures import OVERLAPPED
 
 from .file_io import ReadOperation, ViewWriteOperation, WriteOperation, read_operation
 from .operation import Operation, OperationState
-from .port import PACKET, CompletionPort, IssueResult
+from .port import CompletionPort, Transfer
 
 __all__ = [
     "FILE_SKIP_COMPLETION_PORT_ON_SUCCESS",
@@ -74,12 +72,6 @@ FILE_SKIP_COMPLETION_PORT_ON_SUCCESS = 0x1
 FILE_SKIP_SET_EVENT_ON_HANDLE = 0x2
 MAX_TRANSFER = 0xFFFF_FFFF
 """The largest single read or write (a ``DWORD`` count)."""
-
-Transfer = Callable[[int, Buffer, int, OVERLAPPED], int]
-"""A Win32 overlapped transfer (``ReadFile``, ``WSARecv``...): ``(handle, buffer, size,
-overlapped)`` -> 0 when it completed at once, another non-error code (``ERROR_IO_PENDING``) when
-a packet will come; raises ``OSError`` when it failed (nothing queued)."""
-
 
 def set_skip_on_success(handle: int) -> None:
     """Set skip-on-success (and skip-set-event) on ``handle``: for good, it cannot be cleared.
@@ -196,24 +188,15 @@ class OverlappedIO:
 
     def _start(self, operation: Operation, handle: int, call: Transfer, buffer: Buffer,
                size: int) -> None:
-        skip = self._skip
-
-        def issue(overlapped: OVERLAPPED) -> IssueResult:
-            try:
-                code = call(handle, buffer, size, overlapped)
-            except OSError as error:
-                return error
-            if code == 0 and skip:
-                # Completed at once and, with skip-on-success, no packet is coming: the
-                # status block already holds the count.
-                return int(overlapped.InternalHigh)
-            return PACKET
-
-        self.port.start(operation, handle, issue)
-        if operation.state is OperationState.PENDING:
-            if len(self._pending) > 8:  # forget those dequeued by a caller that did not say so
-                self._pending = {op for op in self._pending if op.pending}
-            self._pending.add(operation)
+        # The port registers the operation before the call and completes it here when it
+        # finished at once with skip-on-success (no packet coming): CompletionPort.start's
+        # rules, without an ``issue`` closure per request.
+        self.port._start_transfer(operation, handle, call, buffer, size, self._skip)
+        if operation._state is OperationState.PENDING:
+            pending = self._pending
+            if len(pending) > 8:  # forget those dequeued by a caller that did not say so
+                pending = self._pending = {op for op in pending if op.pending}
+            pending.add(operation)
 
     def completed(self, operation: Operation) -> None:
         """Tell this object that ``operation``'s completion was dequeued (it forgets it)."""

@@ -107,6 +107,11 @@ IssueResult: TypeAlias = "int | OSError"
 no packet: the handle skips the port on success); or the ``OSError`` of the call's own failure
 (nothing queued). See the module's essay."""
 
+Transfer: TypeAlias = Callable[[int, Buffer, int, OVERLAPPED], int]
+"""A Win32 overlapped transfer (``ReadFile``, ``WSARecv``...): ``(handle, buffer, size,
+overlapped)`` -> 0 when it completed at once, another non-error code (``ERROR_IO_PENDING``) when
+a packet will come; raises ``OSError`` when it failed (nothing queued)."""
+
 # Operations still pending when their port closed (the kernel did not complete them in time).
 # Their memory may yet be written by the kernel, so it is never freed.
 _orphaned: list[Operation] = []
@@ -193,11 +198,19 @@ def decode_entries(entries: ctypes.Array[FILE_IO_COMPLETION_INFORMATION],
 class _PureBatch:
     """Per (port, thread) memory the pure-ctypes dequeue writes: entries and their count."""
 
-    __slots__ = ("count", "entries")
+    __slots__ = ("count", "entries", "one")
 
     def __init__(self, capacity: int) -> None:
         self.entries = (FILE_IO_COMPLETION_INFORMATION * capacity)()
         self.count = ctypes.c_uint32(0)
+        self.one = (FILE_IO_COMPLETION_INFORMATION * 1).from_buffer(self.entries)
+        """The first entry alone: what a dequeue of one entry passes (made once)."""
+
+    def view(self, entries: int) -> ctypes.Array[FILE_IO_COMPLETION_INFORMATION]:
+        """The first ``entries`` entries, as the array the kernel call is given."""
+        if entries == 1:
+            return self.one
+        return (FILE_IO_COMPLETION_INFORMATION * entries).from_buffer(self.entries)
 
     def arm(self) -> None:
         """Before a call: no batch, and a first entry a timeout leaves as it is."""
@@ -345,6 +358,38 @@ class CompletionPort:
         raise TypeError(f"issue() returned {outcome!r}: expected PACKET, a byte count >= 0 or "
                         "the OSError of the call's failure")
 
+    def _start_transfer(self, operation: Operation, handle: int, call: Transfer,
+                        buffer: Buffer, size: int, skip: bool) -> None:
+        """:meth:`start` for a read or write (``iocp.overlapped_io``), with no ``issue``
+        closure made per request: the same rules, in one frame.
+
+        ``call(handle, buffer, size, overlapped)`` returns 0 (completed at once) or another
+        non-error code (a packet will come), or raises ``OSError`` (failed at once, nothing
+        queued). With ``skip`` (the handle has skip-on-success) a 0 means no packet is coming:
+        the operation is completed here with the status block's count. Anything else that
+        the call raises (an exception after the kernel may have taken the request) leaves the
+        operation owned by the port, as in :meth:`start`.
+        """
+        apc = operation._apc
+        with self._lock:
+            if self._handle is None or self._closing:
+                raise PortClosedError("operation on a closed completion port")
+            overlapped = operation._begin(handle)
+            self._pending[apc] = operation
+        try:
+            code = call(handle, buffer, size, overlapped)
+        except OSError:
+            with self._lock:
+                self._pending.pop(apc, None)
+                operation._abort()
+            raise
+        if code == 0 and skip:
+            # Completed at once and no packet is coming: nothing will dequeue it, so it ends
+            # here, with the count the status block already holds.
+            with self._lock:
+                self._pending.pop(apc, None)
+                operation._complete(ntstatus.STATUS_SUCCESS, overlapped.InternalHigh)
+
     def device_io_control(self, handle: int, io_control_code: int, buffer: Buffer,
                           operation: Operation) -> Operation:
         """Issue ``NtDeviceIoControlFile`` with ``buffer`` as both input and output.
@@ -428,8 +473,7 @@ class CompletionPort:
             batch.release()
             return
         batch.arm()
-        view = batch.entries if len(batch.entries) == max_entries else (
-            FILE_IO_COMPLETION_INFORMATION * max_entries).from_buffer(batch.entries)
+        view = batch.entries if len(batch.entries) == max_entries else batch.view(max_entries)
         count = nt.NtRemoveIoCompletionEx(handle, view, relative, batch.count)
         if count:
             self._hand_over_entries(batch.entries, count, into, recovering=False)
@@ -468,6 +512,9 @@ class CompletionPort:
         interrupted hand-over, so entries whose operation is no longer pending were handed
         over already and are skipped.
         """
+        if len(flat) == 4:  # one completion (the common case of a Wine loop asking for one)
+            self._hand_over_one(flat, into, recovering)
+            return
         keys, apc_contexts = flat[0::4], flat[1::4]
         statuses, informations = flat[2::4], flat[3::4]
         raw = self._raw_keys
@@ -502,6 +549,24 @@ class CompletionPort:
             warnings.warn(f"{len(strays)} completion(s) for no pending operation (first: key "
                           f"{strays[0].key:#x}, ApcContext {strays[0].apc_context:#x})",
                           RuntimeWarning, stacklevel=4)
+
+    def _hand_over_one(self, flat: list[int], into: list[Completion], recovering: bool) -> None:
+        """:meth:`_hand_over` for a batch of one, with no column slicing or mapping."""
+        key, apc, status, information = flat
+        raw = self._raw_keys
+        lookup = 0 if raw and key in raw else apc  # an ApcContext of 0 is never a key
+        with self._lock:
+            operation = self._pending.pop(lookup, None)
+            if operation is not None:
+                operation._complete(status, information)
+            elif lookup:  # a stray: no pending operation has this ApcContext
+                if recovering:
+                    return  # handed over already, before the interruption
+                self.stray_completions += 1
+            into.append(_new_completion(Completion, (key, status, information, operation, apc)))
+        if operation is None and lookup:
+            warnings.warn(f"1 completion(s) for no pending operation (first: key {key:#x}, "
+                          f"ApcContext {apc:#x})", RuntimeWarning, stacklevel=5)
 
     # -- closing --------------------------------------------------------------------------
     def close(self) -> None:

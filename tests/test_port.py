@@ -285,6 +285,79 @@ def test_an_exception_after_the_issuing_call_keeps_the_operation_owned(
         assert port.pending_count == 0
 
 
+def test_one_entry_dequeues_interrupted_after_the_kernel_call_lose_nothing(
+        port: CompletionPort, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-entry hand-over (a Wine loop asks for one entry at a time): an exception right
+    after the kernel returned the entry leaves it to the next dequeue, which hands it over
+    once (operations and a packet with none); a stray one is counted and warned about."""
+    operations = [Operation(tag=index) for index in range(3)]
+    for index, operation in enumerate(operations):
+        port.post(key=index, information=index + 1, operation=operation)
+    port.post(key=50)  # no operation
+    stray = Operation()
+    port.start(stray, 0, lambda _overlapped: 1)  # completed inline: a packet for it is stray
+    nt.NtSetIoCompletion(port.handle, 60, stray.apc_context, 0, 1)
+    seen: list[Completion] = []
+    for _ in range(4):
+        hook_the_dequeue(monkeypatch)
+        with pytest.raises(Interrupted):
+            port.dequeue(timeout=5, max_entries=1)
+        monkeypatch.undo()
+        seen += port.dequeue(timeout=5, max_entries=1)  # the left-over entry, at once
+        assert len(seen) == len(set(map(id, seen)))
+    assert [c.key for c in seen] == [0, 1, 2, 50]
+    for completion in seen[:3]:
+        assert completion.operation is operations[completion.key]
+        assert completion.operation.result() == completion.key + 1
+    assert seen[3].operation is None and port.pending_count == 0
+    with pytest.warns(RuntimeWarning, match="no pending operation"):
+        [completion] = port.dequeue(timeout=5, max_entries=1)
+    assert completion.key == 60 and completion.operation is None
+    assert port.stray_completions == 1
+    assert port.dequeue(timeout=0, max_entries=1) == []
+
+
+def test_an_exception_after_an_overlapped_read_keeps_it_owned(
+        port: CompletionPort, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OverlappedIO``'s requests (``CompletionPort._start_transfer``, no ``issue`` closure):
+    an exception right after ``ReadFile`` took a pending read leaves the operation to the
+    port; the bytes written later arrive in it and only its dequeue releases it."""
+    from iocp import PipeIO
+
+    read_end, write_end = create_pipe()
+    reader, writer = PipeIO(port, read_end, 5), PipeIO(port, write_end, 6)
+    try:
+        real = PipeIO._read_call
+
+        def interrupted(*args: Any) -> int:
+            real(*args)
+            raise Interrupted("after ReadFile")
+
+        monkeypatch.setattr(PipeIO, "_read_call", staticmethod(interrupted))
+        operation = ReadOperation("kept", ctypes.create_string_buffer(32))
+        with pytest.raises(Interrupted):
+            reader.read(32, operation=operation)
+        monkeypatch.undo()
+        gc.collect()
+        assert operation.pending and port.pending_count == 1
+        with pytest.raises(OperationBusyError):
+            reader.read(32, operation=operation)
+        write = writer.write(b"late bytes")
+        completions: list[Completion] = []
+        deadline = time.monotonic() + 5
+        while operation.pending and time.monotonic() < deadline:
+            completions += port.dequeue(timeout=1, max_entries=1)
+        assert operation.data == b"late bytes"
+        while write.pending and time.monotonic() < deadline:
+            completions += port.dequeue(timeout=1, max_entries=1)
+        assert port.pending_count == 0 and port.stray_completions == 0
+    finally:
+        reader.close()
+        writer.close()
+        read_end.close()
+        write_end.close()
+
+
 def test_the_calls_own_failure_releases_the_operation(port: CompletionPort) -> None:
     read_end, write_end = create_pipe()
     port.associate(read_end.value, 5)
