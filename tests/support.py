@@ -1,9 +1,13 @@
-"""Helpers for the Windows tests: counting the process's handles."""
+"""Helpers for the tests: counting the process's handles (Windows); a blocking peer that sends or
+receives in pieces of random sizes, with random pauses (any platform)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import random
+import socket
+import time
 
 from ntdll import functions as nt
 from ntdll.libraries import prototype
@@ -58,3 +62,35 @@ def process_handle_count() -> int:
     """
     count = nt.GetProcessHandleCount()
     return count if count else _count_from_system_table()
+
+
+def send_in_random_pieces(sock: socket.socket, data: bytes, *, seed: int, largest: int,
+                          pause_chance: float, pause: float) -> None:
+    """Send ``data`` in pieces of 1..``largest`` bytes (``sendall`` each), sleeping ``pause``
+    seconds after a piece with probability ``pause_chance`` (the receiving side's next request
+    then waits: pending and inline completions interleave), then ``SHUT_WR``. Seeded: the same
+    pieces every run."""
+    rng = random.Random(seed)
+    sent = 0
+    while sent < len(data):
+        size = rng.randint(1, largest)
+        sock.sendall(data[sent:sent + size])
+        sent += size
+        if rng.random() < pause_chance:
+            time.sleep(pause)
+    sock.shutdown(socket.SHUT_WR)
+
+
+def receive_in_random_pieces(sock: socket.socket, into: bytearray, total: int, *, seed: int,
+                             largest: int, pause_chance: float, pause: float) -> None:
+    """Receive into ``into`` until it holds ``total`` bytes or the peer's end, asking for
+    1..``largest`` bytes a time and sleeping ``pause`` seconds after a piece with probability
+    ``pause_chance`` (the sending side's socket fills: its next send is pending). Seeded."""
+    rng = random.Random(seed)
+    while len(into) < total:
+        piece = sock.recv(rng.randint(1, largest))
+        if not piece:
+            break
+        into.extend(piece)
+        if rng.random() < pause_chance:
+            time.sleep(pause)

@@ -19,6 +19,7 @@ import pytest
 from execsession import SessionResult
 from tests.exec_support import ECHO_CODE as ECHO
 from tests.exec_support import WAIT, ServerThread, connect, exchange, python_child
+from tests.support import receive_in_random_pieces, send_in_random_pieces
 
 ABORT_LINGER = b"\1\0\0\0\0\0\0\0"  # SO_LINGER on, 0 s: close() resets the connection
 
@@ -264,25 +265,12 @@ def test_iocp_streams_hand_out_views_that_never_change_and_reuse_few_buffers() -
     received = bytearray()
 
     def send() -> None:
-        sender_rng = random.Random(12)
-        sent = 0
-        while sent < len(data):
-            size = sender_rng.randint(1, 300_000)
-            a_peer.sendall(data[sent:sent + size])
-            sent += size
-            if sender_rng.random() < 0.1:
-                time.sleep(0.003)
-        a_peer.shutdown(socket.SHUT_WR)
+        send_in_random_pieces(a_peer, data, seed=12, largest=300_000, pause_chance=0.1,
+                              pause=0.003)
 
     def receive() -> None:
-        receiver_rng = random.Random(13)
-        while len(received) < len(data):
-            piece = b_peer.recv(receiver_rng.randint(1, 150_000))
-            if not piece:
-                break
-            received.extend(piece)
-            if receiver_rng.random() < 0.05:
-                time.sleep(0.01)
+        receive_in_random_pieces(b_peer, received, len(data), seed=13, largest=150_000,
+                                 pause_chance=0.05, pause=0.01)
 
     queue = ChunkQueue()
     pairs: list[tuple[bytes | memoryview, bytes]] = []  # each queued chunk, and its bytes
@@ -429,14 +417,8 @@ def test_small_writes_reuse_one_operation_only_once_it_completed() -> None:
     received = bytearray()
 
     def receive() -> None:
-        receiver_rng = random.Random(22)
-        while len(received) < len(expected):
-            piece = peer.recv(receiver_rng.randint(1, 20_000))
-            if not piece:
-                break
-            received.extend(piece)
-            if receiver_rng.random() < 0.02:
-                time.sleep(0.005)
+        receive_in_random_pieces(peer, received, len(expected), seed=22, largest=20_000,
+                                 pause_chance=0.02, pause=0.005)
 
     used: set[int] = set()
     state = {"next": 0, "pending_seen": 0}

@@ -43,6 +43,26 @@ def _wait_no_spawner_threads() -> bool:
     return True
 
 
+def _slow_spawns(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every spawn take 0.3 s more (so that a test can act while spawns are under way);
+    returns the list the pids of the children that did start are appended to."""
+    started: list[int] = []
+    if sys.platform == "win32":  # pragma: no cover - a posix helper; this tells mypy
+        return started
+    from execsession import posix_spawn
+
+    real_spawn = posix_spawn.spawn
+
+    def slow_spawn(*args: Any, **kwargs: Any) -> posix_spawn.Process:
+        time.sleep(0.3)
+        process = real_spawn(*args, **kwargs)
+        started.append(process.pid)
+        return process
+
+    monkeypatch.setattr(posix_spawn, "spawn", slow_spawn)
+    return started
+
+
 def test_many_sessions_spawned_at_once_are_byte_exact() -> None:
     """40 clients connect at once, each sends its own 200 KiB and half-closes: every child
     is started on the spawner threads while the loop relays the others; every echo is
@@ -126,19 +146,9 @@ def test_shutdown_with_spawns_in_flight_leaves_no_child_and_no_thread(
     fd is leaked, and every session reports ``server-shutdown``."""
     if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
         return
-    from execsession import posix_spawn
     from execsession.posix_backend import SelectorLoop
 
-    started: list[int] = []
-    real_spawn = posix_spawn.spawn
-
-    def slow_spawn(*args: Any, **kwargs: Any) -> posix_spawn.Process:
-        time.sleep(0.3)
-        process = real_spawn(*args, **kwargs)
-        started.append(process.pid)
-        return process
-
-    monkeypatch.setattr(posix_spawn, "spawn", slow_spawn)
+    started = _slow_spawns(monkeypatch)
     before = open_resources()
     loop = open_loop()
     try:
@@ -172,18 +182,8 @@ def test_a_kill_before_the_spawn_finished_kills_the_child_when_it_starts(
     child exists, and the session ends ``aborted`` once that child is reaped."""
     if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
         return
-    from execsession import posix_spawn
 
-    started: list[int] = []
-    real_spawn = posix_spawn.spawn
-
-    def slow_spawn(*args: Any, **kwargs: Any) -> posix_spawn.Process:
-        time.sleep(0.3)
-        process = real_spawn(*args, **kwargs)
-        started.append(process.pid)
-        return process
-
-    monkeypatch.setattr(posix_spawn, "spawn", slow_spawn)
+    started = _slow_spawns(monkeypatch)
     with open_loop() as loop:
         client, session, results = _session_pair(loop, ["sleep", "300"])
         session.start()

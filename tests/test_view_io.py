@@ -29,6 +29,7 @@ from iocp import (
     WriteOperation,
     create_pipe,
 )
+from tests.support import receive_in_random_pieces, send_in_random_pieces
 
 pytestmark = pytest.mark.windows
 
@@ -171,26 +172,13 @@ def test_views_relayed_at_random_keep_every_byte(port: CompletionPort) -> None:
     b_ours, b_peer = socket.socketpair()
     received = bytearray()
 
-    def send() -> None:
-        sender_rng = random.Random(8)
-        sent = 0
-        while sent < len(data):
-            size = sender_rng.randint(1, 200_000)
-            a_peer.sendall(data[sent:sent + size])
-            sent += size
-            if sender_rng.random() < 0.1:
-                time.sleep(0.005)  # an empty socket: the next receive is pending
-        a_peer.shutdown(socket.SHUT_WR)
+    def send() -> None:  # pauses leave the socket empty: the next receive is pending
+        send_in_random_pieces(a_peer, data, seed=8, largest=200_000, pause_chance=0.1,
+                              pause=0.005)
 
-    def receive() -> None:
-        receiver_rng = random.Random(9)
-        while len(received) < len(data):
-            piece = b_peer.recv(receiver_rng.randint(1, 100_000))
-            if not piece:
-                break
-            received.extend(piece)
-            if receiver_rng.random() < 0.1:
-                time.sleep(0.01)  # a full socket: the next send is pending
+    def receive() -> None:  # pauses fill the socket: the next send is pending
+        receive_in_random_pieces(b_peer, received, len(data), seed=9, largest=100_000,
+                                 pause_chance=0.1, pause=0.01)
 
     with a_ours, a_peer, b_ours, b_peer:
         a_peer.settimeout(WAIT)
