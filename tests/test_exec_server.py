@@ -503,13 +503,26 @@ def _open_sessions(port: int, count: int) -> tuple[list[socket.socket], list[int
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         clients.append(sock)
-        line = b""
-        while not line.endswith(b"\n"):
-            chunk = sock.recv(100)
-            assert chunk, f"the session ended before its child started: {line!r}"
-            line += chunk
-        pids += [int(word) for word in line.split()]
+        pids += _session_pids(sock)
     return clients, pids
+
+
+def _session_pids(sock: socket.socket) -> list[int]:
+    """The pids a GROUP_TREE session's child prints first (its own and its grandchild's)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(100)
+        assert chunk, f"the session ended before its child started: {line!r}"
+        line += chunk
+    return [int(word) for word in line.split()]
+
+
+def _sigkill_and_expect_dead(server: subprocess.Popen[bytes], pids: list[int]) -> None:
+    """SIGKILL the server: every process in ``pids`` must die with it (its guardian's work)."""
+    server.kill()
+    server.wait(WAIT)
+    for pid in pids:
+        assert wait_dead(pid), f"process {pid} outlived its SIGKILLed server"
 
 
 @pytest.mark.posix
@@ -525,10 +538,7 @@ def test_a_sigkilled_server_takes_every_child_and_grandchild_with_it(linux_serve
     try:
         guardian = _guardian_of(server.pid)
         assert all(process_alive(pid) for pid in pids)
-        server.kill()
-        server.wait(WAIT)
-        for pid in pids:
-            assert wait_dead(pid), f"process {pid} outlived its SIGKILLed server"
+        _sigkill_and_expect_dead(server, pids)
         assert wait_dead(guardian), "the guardian outlived the server"
         for sock in clients:
             try:
@@ -552,19 +562,9 @@ def test_a_sigkilled_server_takes_children_started_together_on_the_spawner_threa
     server, port = linux_server("-k", "-m", "0", "-c", GROUP_TREE)
     clients = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(20)]
     try:
-        pids: list[int] = []
-        for sock in clients:
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = sock.recv(100)
-                assert chunk, f"the session ended before its child started: {line!r}"
-                line += chunk
-            pids += [int(word) for word in line.split()]
+        pids = [pid for sock in clients for pid in _session_pids(sock)]
         assert len(pids) == 40 and all(process_alive(pid) for pid in pids)
-        server.kill()
-        server.wait(WAIT)
-        for pid in pids:
-            assert wait_dead(pid), f"process {pid} outlived its SIGKILLed server"
+        _sigkill_and_expect_dead(server, pids)
     finally:
         for sock in clients:
             sock.close()
@@ -591,10 +591,7 @@ def test_a_guardian_killed_by_accident_is_replaced_and_the_server_keeps_serving(
         assert second[0].recv(100) == b"still serving\n"
         new = _guardian_of(server.pid)
         assert new != old
-        server.kill()
-        server.wait(WAIT)
-        for pid in first_pids + second_pids:
-            assert wait_dead(pid), f"process {pid} outlived its SIGKILLed server"
+        _sigkill_and_expect_dead(server, first_pids + second_pids)
         assert server.stdout is not None
         output = server.stdout.read()
         assert output.count(b"guardian") == 1 and b"is gone" in output, output
