@@ -96,6 +96,12 @@ class _PipeTransport(CompletionTransport):
         state = "closing" if self._closing else "open"
         return f"<{type(self).__name__} handle={self._handle:#x} {state}>"
 
+    def __del__(self) -> None:
+        if getattr(self, "_pipe", None) is not None and not getattr(self, "_closing", True):
+            import warnings
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self,
+                          stacklevel=2)
+
 
 class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
     """The reading end of a pipe, as ``loop.connect_read_pipe`` returns it."""
@@ -194,12 +200,6 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
         self._cancel(self._read_op)
         self._lose(exc)
 
-    def __del__(self) -> None:
-        if getattr(self, "_pipe", None) is not None and not getattr(self, "_closing", True):
-            import warnings
-            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self,
-                          stacklevel=2)
-
 
 class WritePipeTransport(_PipeTransport, WriteFlowControl, asyncio.WriteTransport):
     """The writing end of a pipe, as ``loop.connect_write_pipe`` returns it."""
@@ -291,9 +291,3 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, asyncio.WriteTranspor
         self._buffer.clear()
         self._cancel(self._write_op)
         self._lose(exc)
-
-    def __del__(self) -> None:
-        if getattr(self, "_pipe", None) is not None and not getattr(self, "_closing", True):
-            import warnings
-            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self,
-                          stacklevel=2)
