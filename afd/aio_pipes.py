@@ -15,6 +15,16 @@ Rules (the kernel's and asyncio's):
 - Writes are copied; while one is in flight further data is buffered and written in one
   ``WriteFile`` when it completes (a pipe write completes when every byte is in: F13). The
   protocol is paused above the high-water mark of bytes not yet written.
+- **The loop's own pipes** (:class:`ChildPipe`: a child's stdio, made by the loop with
+  ``iocp.child_stdio_pipe``) get skip-on-success (:class:`iocp.PipeIO`): a read that finds
+  data, or a write the pipe's buffer takes, completes inline with no packet and no dequeue,
+  and a read that finds the writer gone is end of data at once (F12), inline too. As the
+  socket transports' receives (``afd.aio_sockets``, ACTIVE_KB AS2), their next read is queued
+  with the loop and issued when it is idle; the inline budget is one read per transport per
+  loop turn, so a pipe that is always full starves nothing. A pipe a user passes to
+  ``connect_read_pipe`` / ``connect_write_pipe`` never gets skip-on-success (it can never be
+  cleared, and the handle may be shared or a layered one): its reads and writes all complete
+  through the port, the next read issued through ``call_soon``.
 
 The handle must have been opened for overlapped I/O (as the Proactor loop requires); it is
 associated with the port for good, so one handle serves one loop.
@@ -31,7 +41,6 @@ from typing import Any
 from iocp import (
     Handle,
     Operation,
-    OperationState,
     OverlappedIO,
     PipeIO,
     ReadOperation,
@@ -173,17 +182,9 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
         found with skip-on-success, or end of data: F12), it is handled now."""
         if self._closing or self._paused or self._read_op is not None:
             return
-        try:
-            operation = self._io.read(READ_SIZE, self, self._spare)
-        except (OSError, ValueError) as exc:
-            self._fatal_error(exc, "Fatal read error on pipe transport")
-            return
-        self._spare = None
-        if operation.state is not OperationState.COMPLETED:
-            self._read_op = operation
-            return
-        self._io_seen()
-        self._read_done(operation)
+        operation = self._issue_read(READ_SIZE, self._spare, "Fatal read error on pipe transport")
+        if operation is not None:
+            self._read_done(operation)
 
     def _completed(self, operation: Operation) -> None:
         """The read's completion, dispatched by the loop."""

@@ -64,7 +64,7 @@ from asyncio import base_events, constants, sslproto, trsock
 from collections.abc import Callable
 from typing import Any
 
-from iocp import OperationState, ReadOperation, SocketIO, WriteOperation
+from iocp import ReadOperation, SocketIO, WriteOperation
 from iocp.operation import Operation
 from ntdll import NtStatusError
 from ntdll import status as ntstatus
@@ -182,17 +182,9 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         if spare is not None and spare.information >= self._read_size < READ_MAX:
             self._read_size *= 2  # the last receive filled its buffer: ask for more
             spare = None
-        try:
-            operation = self._io.read(self._read_size, self, spare)
-        except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on socket transport")
-            return
-        self._spare = None
-        if operation.state is not OperationState.COMPLETED:
-            self._read_op = operation
-            return
-        self._io_seen()
-        if self._deliver(operation):
+        operation = self._issue_read(self._read_size, spare,
+                                     "Fatal read error on socket transport")
+        if operation is not None and self._deliver(operation):
             self._want_receive(self._read)
 
     def _deliver(self, operation: ReadOperation) -> bool:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import ctypes
 from asyncio import transports
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from iocp import OperationState, OverlappedIO, WriteOperation
+from iocp import OperationState, OverlappedIO, ReadOperation, WriteOperation
 
 __all__ = ["SPARE_MAX", "CompletionTransport", "WriteFlowControl", "set_result_unless_cancelled"]
 
@@ -76,6 +77,31 @@ class CompletionTransport(asyncio.BaseTransport):
     def _release(self) -> None:
         """Close the handle (``connection_lost`` was called, or the loop is gone)."""
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # the subclasses' reading state
+        _io: OverlappedIO
+        _read_op: ReadOperation | None
+        _spare: ReadOperation | None
+        _io_seen: Callable[[], None]
+
+    def _issue_read(self, size: int, spare: ReadOperation | None,
+                    error: str) -> ReadOperation | None:
+        """Issue one read of up to ``size`` bytes (into ``spare``'s buffer if given). Returns
+        the operation if it completed inline (skip-on-success, or a pipe's end of data: no
+        packet is coming, and the loop is told new work came); ``None`` if it is pending
+        (:attr:`_read_op` until its completion comes through the port) or failed (a fatal
+        error with ``error`` as its message)."""
+        try:
+            operation = self._io.read(size, self, spare)
+        except (OSError, ValueError) as exc:
+            self._fatal_error(exc, error)
+            return None
+        self._spare = None
+        if operation.state is not OperationState.COMPLETED:
+            self._read_op = operation
+            return None
+        self._io_seen()
+        return operation
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         """An I/O error: reported to the loop's exception handler unless it is an ``OSError``
