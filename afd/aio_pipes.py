@@ -100,8 +100,8 @@ class _PipeTransport(CompletionTransport):
         self._port = port
         self._pipe = pipe
         self._handle = pipe_handle(pipe)
-        self._io: OverlappedIO = PipeIO(port, self._handle, IO_KEY, skip_on_success=skip_on_success,
-                          owns=False)
+        self._io: OverlappedIO = PipeIO(port, self._handle, IO_KEY,
+                                        skip_on_success=skip_on_success, owns=False)
         self._io_seen: Callable[[], None] = loop._io_seen  # type: ignore[attr-defined]
 
     def _cancel(self, operation: Operation | None) -> None:
