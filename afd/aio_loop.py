@@ -43,7 +43,7 @@ from typing import Any
 
 from iocp import WAKEUP_KEY, Completion, PortClosedError, SocketIO
 
-from .aio_pipes import ReadPipeTransport, WritePipeTransport
+from .aio_pipes import ChildPipe, ReadPipeTransport, WritePipeTransport
 from .aio_port import IO_KEY, JOB_KEY, LoopPort
 from .aio_sockets import SocketTransport, make_ssl_transport
 from .aio_subprocess import ChildWatcher, SubprocessTransport
@@ -232,7 +232,8 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         """Read from a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
         protocol = protocol_factory()
         assert isinstance(protocol, asyncio.Protocol)
-        transport = ReadPipeTransport(self, self._port, pipe, protocol)
+        transport = ReadPipeTransport(self, self._port, pipe, protocol,
+                                      skip_on_success=isinstance(pipe, ChildPipe))
         await self._connected(transport)
         transport.start_reading()
         return transport, protocol
@@ -242,7 +243,8 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
     ) -> tuple[asyncio.WriteTransport, asyncio.BaseProtocol]:
         """Write to a pipe handle opened for overlapped I/O (see ``afd.aio_pipes``)."""
         protocol = protocol_factory()
-        transport = WritePipeTransport(self, self._port, pipe, protocol)
+        transport = WritePipeTransport(self, self._port, pipe, protocol,
+                                       skip_on_success=isinstance(pipe, ChildPipe))
         await self._connected(transport)
         return transport, protocol
 

@@ -64,7 +64,7 @@ from asyncio import base_events, constants, sslproto, trsock
 from collections.abc import Callable
 from typing import Any
 
-from iocp import OperationState, ReadOperation, SocketIO, WriteOperation
+from iocp import ReadOperation, SocketIO, WriteOperation
 from iocp.operation import Operation
 from ntdll import NtStatusError
 from ntdll import status as ntstatus
@@ -79,9 +79,6 @@ next one's size, up to :data:`READ_MAX` (a quiet connection keeps a small buffer
 one moves more per request)."""
 
 READ_MAX = 256 * 1024
-
-SPARE_MAX = 256 * 1024
-"""A completed send's buffer is kept for the next send only up to this size."""
 
 _RESET = frozenset({ntstatus.STATUS_CONNECTION_RESET, ntstatus.STATUS_REMOTE_DISCONNECT,
                     ntstatus.STATUS_LOCAL_DISCONNECT})
@@ -102,6 +99,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
     """A connected stream socket's transport on :class:`iocp.SocketIO` (module essay)."""
 
     _start_tls_compatible = True
+    _write_error = "Fatal write error on socket transport"
     _sendfile_compatible = constants._SendfileMode.FALLBACK
 
     def __init__(self, loop: asyncio.AbstractEventLoop, io: SocketIO, sock: socket.socket,
@@ -137,7 +135,6 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         self._eof = False  # the peer's end of data was seen
         # writing
         self._write_op: WriteOperation | None = None
-        self._write_spare: WriteOperation | None = None
         self._eof_requested = False  # write_eof() called
         if server is not None:
             server._attach()
@@ -185,17 +182,9 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         if spare is not None and spare.information >= self._read_size < READ_MAX:
             self._read_size *= 2  # the last receive filled its buffer: ask for more
             spare = None
-        try:
-            operation = self._io.read(self._read_size, self, spare)
-        except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on socket transport")
-            return
-        self._spare = None
-        if operation.state is not OperationState.COMPLETED:
-            self._read_op = operation
-            return
-        self._io_seen()
-        if self._deliver(operation):
+        operation = self._issue_read(self._read_size, spare,
+                                     "Fatal read error on socket transport")
+        if operation is not None and self._deliver(operation):
             self._want_receive(self._read)
 
     def _deliver(self, operation: ReadOperation) -> bool:
@@ -269,30 +258,6 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         else:
             self._buffer += data
         self._maybe_pause_protocol()
-
-    def _send(self, data: bytes | bytearray | memoryview) -> None:
-        """Issue one send of ``data`` (copied); inline completions of part of it go on."""
-        while True:
-            try:
-                operation = self._io.write(data, self, self._write_spare)
-            except OSError as exc:
-                self._fatal_error(exc, "Fatal write error on socket transport")
-                return
-            self._write_spare = None
-            if operation.state is not OperationState.COMPLETED:
-                self._write_op = operation
-                self._in_flight = len(data)
-                return
-            sent = operation.information
-            self._keep_spare(operation)
-            if sent >= len(data):
-                return
-            data = memoryview(data)[sent:]  # a partial send (only on errors): send the rest
-
-    def _keep_spare(self, operation: WriteOperation) -> None:
-        buffer = operation.buffer
-        if buffer is not None and ctypes.sizeof(buffer) <= SPARE_MAX:
-            self._write_spare = operation
 
     def _write_completed(self, operation: WriteOperation) -> None:
         in_flight, self._in_flight = self._in_flight, 0

@@ -33,7 +33,7 @@ from iocp.spawn import popen
 from ntdll import functions as nt
 from ntdll.structures import JOBOBJECT_EXTENDED_LIMIT_INFORMATION
 
-from .aio_pipes import WritePipeTransport
+from .aio_pipes import ChildPipe, WritePipeTransport
 from .aio_port import JOB_KEY, LoopPort
 
 __all__ = ["BACKSTOP_SECONDS", "ChildWatcher", "SubprocessTransport"]
@@ -137,7 +137,7 @@ def _spawn(args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any, bufsize
             if spec != subprocess.PIPE:
                 continue
             our_end, fd = child_stdio_pipe(child_reads=index == 0)
-            ours[index] = our_end
+            ours[index] = ChildPipe(our_end.detach(), our_end.description)
             theirs.append(fd)
             child[index] = fd
         flags = kwargs.pop("creationflags", 0) | CREATE_SUSPENDED

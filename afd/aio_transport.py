@@ -11,10 +11,17 @@ written, ``resume_writing`` at or below the low-water mark, the same default lim
 from __future__ import annotations
 
 import asyncio
+import ctypes
 from asyncio import transports
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["CompletionTransport", "WriteFlowControl", "set_result_unless_cancelled"]
+from iocp import OperationState, OverlappedIO, ReadOperation, WriteOperation
+
+__all__ = ["SPARE_MAX", "CompletionTransport", "WriteFlowControl", "set_result_unless_cancelled"]
+
+SPARE_MAX = 256 * 1024
+"""A completed write's buffer is kept for the next write only up to this size."""
 
 
 def set_result_unless_cancelled(future: asyncio.Future[Any]) -> None:
@@ -71,6 +78,31 @@ class CompletionTransport(asyncio.BaseTransport):
         """Close the handle (``connection_lost`` was called, or the loop is gone)."""
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # the subclasses' reading state
+        _io: OverlappedIO
+        _read_op: ReadOperation | None
+        _spare: ReadOperation | None
+        _io_seen: Callable[[], None]
+
+    def _issue_read(self, size: int, spare: ReadOperation | None,
+                    error: str) -> ReadOperation | None:
+        """Issue one read of up to ``size`` bytes (into ``spare``'s buffer if given). Returns
+        the operation if it completed inline (skip-on-success, or a pipe's end of data: no
+        packet is coming, and the loop is told new work came); ``None`` if it is pending
+        (:attr:`_read_op` until its completion comes through the port) or failed (a fatal
+        error with ``error`` as its message)."""
+        try:
+            operation = self._io.read(size, self, spare)
+        except (OSError, ValueError) as exc:
+            self._fatal_error(exc, error)
+            return None
+        self._spare = None
+        if operation.state is not OperationState.COMPLETED:
+            self._read_op = operation
+            return None
+        self._io_seen()
+        return operation
+
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         """An I/O error: reported to the loop's exception handler unless it is an ``OSError``
         (a peer's reset is the connection's business, not a bug), then the transport aborts
@@ -101,6 +133,16 @@ class WriteFlowControl(transports._FlowControlMixin):
     """Bytes of the write in flight."""
     _buffer: bytearray
     """Bytes written while a write was in flight, not yet sent."""
+    _write_spare: WriteOperation | None
+    """A completed write whose buffer the next write reuses (no allocation per write)."""
+    _write_op: WriteOperation | None
+    """The write in flight (its completion comes through the port)."""
+    _io: OverlappedIO
+    _write_error: str
+    """The message of a fatal write error (``_fatal_error``'s)."""
+
+    if TYPE_CHECKING:  # CompletionTransport's
+        def _fatal_error(self, exc: BaseException, message: str) -> None: ...
 
     def _init_flow_control(self) -> None:
         # _FlowControlMixin.__init__ would call BaseTransport.__init__ a second time.
@@ -108,6 +150,35 @@ class WriteFlowControl(transports._FlowControlMixin):
         self._set_write_buffer_limits()
         self._in_flight = 0
         self._buffer = bytearray()
+        self._write_spare = None
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        """Issue one write of ``data`` (copied). Pending, it is :attr:`_write_op` until its
+        completion comes; completed inline (skip-on-success), it is over now and its buffer
+        kept for the next write; an inline completion of part of it (only on errors) goes on
+        with the rest."""
+        while True:
+            try:
+                operation = self._io.write(data, self, self._write_spare)
+            except (OSError, ValueError) as exc:
+                self._fatal_error(exc, self._write_error)
+                return
+            self._write_spare = None
+            if operation.state is not OperationState.COMPLETED:
+                self._write_op = operation
+                self._in_flight = len(data)
+                return
+            written = operation.information
+            self._keep_spare(operation)
+            if written >= len(data):
+                return
+            data = memoryview(data)[written:]
+
+    def _keep_spare(self, operation: WriteOperation) -> None:
+        """Keep a completed write's buffer for the next write, unless it is a big one."""
+        buffer = operation.buffer
+        if buffer is not None and ctypes.sizeof(buffer) <= SPARE_MAX:
+            self._write_spare = operation
 
     def get_write_buffer_size(self) -> int:
         return self._in_flight + len(self._buffer)

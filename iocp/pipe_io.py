@@ -29,16 +29,20 @@ __all__ = ["PipeIO"]
 class PipeIO(OverlappedIO):
     """``ReadFile``/``WriteFile`` on an overlapped pipe end (:func:`iocp.create_pipe`).
 
-    With ``owns=True`` :meth:`close` also closes the :class:`Handle`.
+    ``pipe`` is a :class:`Handle` or a raw handle value; with ``owns=True`` (a :class:`Handle`
+    only) :meth:`close` also closes it.
     """
 
     _kind = "pipe"
     _read_call = staticmethod(nt.ReadFile)
     _write_call = staticmethod(nt.WriteFile)
 
-    def __init__(self, port: CompletionPort, pipe: Handle, key: int, *,
+    def __init__(self, port: CompletionPort, pipe: Handle | int, key: int, *,
                  skip_on_success: bool = True, owns: bool = True) -> None:
-        super().__init__(port, pipe.value, key, skip_on_success=skip_on_success)
+        if isinstance(pipe, int) and owns:
+            raise ValueError("PipeIO can own a Handle only, not a raw handle value")
+        super().__init__(port, pipe if isinstance(pipe, int) else pipe.value, key,
+                         skip_on_success=skip_on_success)
         self._pipe = pipe
         self._owns = owns
 
@@ -56,5 +60,5 @@ class PipeIO(OverlappedIO):
     def close(self) -> None:
         """Cancel pending requests and, if owned, close the pipe handle."""
         super().close()
-        if self._owns:
+        if self._owns and isinstance(self._pipe, Handle):
             self._pipe.close()
