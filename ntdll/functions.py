@@ -96,7 +96,7 @@ _NtSetIoCompletion = prototype(
 )
 _NtQueryIoCompletion = prototype(
     "ntdll", "NtQueryIoCompletion", NTSTATUS,
-    [HANDLE, _c_uint32, _P(_c_uint32), _c_uint32, _P(_c_uint32)],
+    [HANDLE, _c_uint32, _P(_c_int32), _c_uint32, _P(_c_uint32)],
 )
 _NtRemoveIoCompletionEx = prototype(
     "ntdll", "NtRemoveIoCompletionEx", NTSTATUS,
@@ -247,7 +247,7 @@ def NtQueryIoCompletion(port: int) -> int:
     """How many packets are queued on ``port`` (its depth): one cheap look that, unlike a
     zero-timeout :func:`NtRemoveIoCompletionEx`, takes nothing (and under Wine 8 is one
     server request where an empty zero-timeout dequeue is two)."""
-    depth = _c_uint32(0)
+    depth = _c_int32(0)  # a LONG
     _check(_NtQueryIoCompletion(port, IO_COMPLETION_BASIC_INFORMATION, ctypes.byref(depth),
                                 ctypes.sizeof(depth), None), "NtQueryIoCompletion")
     return depth.value
