@@ -41,13 +41,24 @@ class LoopPort(CompletionPort):
     def __init__(self) -> None:
         super().__init__()
         self._diverted: list[Completion] = []
+        self._last_poll_empty = True  # whether the last zero-timeout dequeue found nothing
         self.add_raw_key(JOB_KEY)  # a job's messages carry a process id, not an operation
 
     def dequeue(self, timeout: float | None = None, max_entries: int = DEFAULT_BATCH,
                 into: list[Completion] | None = None) -> list[Completion]:
         result: list[Completion] = [] if into is None else into
         start = len(result)
-        super().dequeue(timeout, max_entries, into=result)
+        if timeout == 0:
+            # The loop polls with timeout 0 whenever callbacks are ready; under Wine a
+            # zero-timeout dequeue that finds the port empty is two server requests (the
+            # removal that finds nothing, then a zero wait), a look at the depth one. After a
+            # poll that found nothing, look first.
+            if self._last_poll_empty and not self.has_queued():
+                return result
+            super().dequeue(timeout, max_entries, into=result)
+            self._last_poll_empty = len(result) == start
+        else:
+            super().dequeue(timeout, max_entries, into=result)
         new = result[start:]
         if not any(completion.key in _OWN_KEYS for completion in new):
             return result

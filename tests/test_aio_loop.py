@@ -92,6 +92,34 @@ def test_the_loop_is_a_selector_loop_on_one_port() -> None:
     run(main)
 
 
+def test_the_loop_port_looks_before_an_empty_poll_and_loses_nothing() -> None:
+    """After a zero-timeout dequeue that found nothing, LoopPort looks at the port's depth
+    (``has_queued``) before the next one (under Wine: one server request, not two); packets
+    posted meanwhile still come out, and a batch larger than asked for is left queued."""
+    from afd.aio_port import LoopPort
+
+    port = LoopPort()
+    try:
+        assert port.dequeue(timeout=0) == []
+        assert port.dequeue(timeout=0) == []  # looked, found nothing
+        port.post(key=5)
+        assert [c.key for c in port.dequeue(timeout=0)] == [5]  # the look saw it
+        for index in range(300):
+            port.post(key=100 + index)
+        seen = [c.key for c in port.dequeue(timeout=0, max_entries=128)]
+        assert len(seen) == 128
+        while len(seen) < 300:
+            batch = port.dequeue(timeout=0, max_entries=128)
+            assert batch, "a packet was left behind"
+            seen.extend(c.key for c in batch)
+        assert sorted(seen) == list(range(100, 400))
+        assert port.dequeue(timeout=0) == [] and not port.has_queued()
+        port.post(key=6)
+        assert [c.key for c in port.dequeue(timeout=5)] == [6]
+    finally:
+        port.close()
+
+
 def test_streams_are_byte_exact_under_random_chunking() -> None:
     """TCP both ways (client writes random chunks, server echoes with random read sizes) and a
     pipe pair through connect_write_pipe / connect_read_pipe: hashes equal."""

@@ -249,6 +249,24 @@ def test_an_exception_after_the_dequeue_loses_no_completion(
     assert port.stray_completions == 0
 
 
+def test_has_queued_looks_without_taking(port: CompletionPort,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``has_queued`` (``NtQueryIoCompletion``'s depth) takes nothing, and also sees a batch
+    an interrupted dequeue left to hand over (no longer queued on the port)."""
+    assert not port.has_queued()
+    port.post(key=1)
+    port.post(key=2)
+    assert port.has_queued() and port.has_queued()
+    assert nt.NtQueryIoCompletion(port.handle) == 2
+    hook_the_dequeue(monkeypatch)
+    with pytest.raises(Interrupted):
+        port.dequeue(timeout=5)
+    assert nt.NtQueryIoCompletion(port.handle) == 0
+    assert port.has_queued(), "the left-over batch is waiting"
+    assert sorted(c.key for c in port.dequeue(timeout=0)) == [1, 2]
+    assert not port.has_queued()
+
+
 def test_an_exception_after_a_timed_out_dequeue_leaves_no_phantom_batch(
         port: CompletionPort, monkeypatch: pytest.MonkeyPatch) -> None:
     """A timeout writes no entry (and, under Wine, a meaningless count: F2): the batch left
