@@ -65,6 +65,8 @@ int32_t ntafd_afd_poll(uintptr_t helper, uintptr_t overlapped, uintptr_t info,
                        uint32_t exclusive);
 uint32_t ntafd_afd_poll_events(uintptr_t info, uint32_t capacity);
 int32_t ntafd_cancel(uintptr_t handle, uintptr_t overlapped);
+int32_t ntafd_relay_spike(uintptr_t port, uintptr_t sock, int sock_skip, uintptr_t in_pipe,
+                          int in_skip, uintptr_t out_pipe, int out_skip, uint64_t *counts);
 """
 
 ffi = cffi.FFI()

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* ---- structures (Windows x64 layouts; declared identically in the cdef) ------------------ */
 typedef struct {
@@ -360,4 +361,230 @@ static int32_t ntafd_cancel(uintptr_t handle, uintptr_t overlapped)
     if ((int32_t)(uint32_t)(*internal & 0xFFFFFFFFu) != NTAFD_STATUS_PENDING)
         return NTAFD_STATUS_NOT_FOUND;
     return p_NtCancelIoFileEx((HANDLE)handle, (NTAFD_IO_STATUS_BLOCK *)request, &io_status);
+}
+
+/* ---- SPIKE (off by default, NTAFD_C_RELAY_SPIKE=1): one session's relay wholly in C -------
+ * Measures how much user CPU per round trip a C relay step would save (ACTIVE_KB issue 10, the
+ * C relay spike). Not production code: it blocks the caller's loop for the session's life (one
+ * session only: other completions are set aside and re-posted at the end), has no inline
+ * budget, and ends at the first EOF or error. Memory the kernel writes into (two OVERLAPPEDs
+ * and one buffer per direction) is malloc'ed here and freed only once no request is pending:
+ * at the end every pending request is cancelled and its completion drained first. */
+#ifndef WSAAPI
+#define WSAAPI WINAPI
+#endif
+typedef struct {
+    ULONG len;
+    char *buf;
+} NTAFD_WSABUF;
+typedef int (WSAAPI *wsa_io_fn)(UINT_PTR, NTAFD_WSABUF *, DWORD, DWORD *, DWORD *, void *,
+                                void *);
+typedef int (WSAAPI *wsa_send_fn)(UINT_PTR, NTAFD_WSABUF *, DWORD, DWORD *, DWORD, void *,
+                                  void *);
+typedef int (WSAAPI *wsa_error_fn)(void);
+typedef int32_t (NTAPI *set_completion_fn)(HANDLE, void *, void *, int32_t, ULONG_PTR);
+
+#define SPIKE_BUFFER 65536
+#define SPIKE_READ 0
+#define SPIKE_WRITE 1
+
+struct spike_dir;
+typedef struct {
+    OVERLAPPED ov; /* first: the ApcContext is this address */
+    struct spike_dir *dir;
+    int which;
+    int pending;
+} spike_op;
+
+typedef struct spike_dir {
+    HANDLE src, dst;
+    int src_sock, dst_sock, src_skip, dst_skip;
+    spike_op rd, wr;
+    char *buf;
+    DWORD have, off;
+    int done;
+} spike_dir;
+
+static wsa_io_fn p_WSARecv;
+static wsa_send_fn p_WSASend;
+static wsa_error_fn p_WSAGetLastError;
+static set_completion_fn p_NtSetIoCompletion;
+
+/* Starts a read or write; returns 1 if it completed at once with no packet coming (*status,
+ * *count set), 0 if a packet will come (pending, or at-once success without skip), -1 on an
+ * immediate failure (*status set). */
+static int spike_start(spike_dir *d, int which, int32_t *status, ULONG_PTR *count)
+{
+    spike_op *op = which == SPIKE_READ ? &d->rd : &d->wr;
+    HANDLE h = which == SPIKE_READ ? d->src : d->dst;
+    int is_sock = which == SPIKE_READ ? d->src_sock : d->dst_sock;
+    int skip = which == SPIKE_READ ? d->src_skip : d->dst_skip;
+    char *data = which == SPIKE_READ ? d->buf : d->buf + d->off;
+    DWORD size = which == SPIKE_READ ? SPIKE_BUFFER : d->have - d->off;
+    DWORD error = 0, n = 0, flags = 0;
+    BOOL ok;
+    memset(&op->ov, 0, sizeof op->ov);
+    op->pending = 1;
+    if (is_sock) {
+        NTAFD_WSABUF wb = {size, data};
+        int rc = which == SPIKE_READ
+            ? p_WSARecv((UINT_PTR)h, &wb, 1, &n, &flags, &op->ov, NULL)
+            : p_WSASend((UINT_PTR)h, &wb, 1, &n, 0, &op->ov, NULL);
+        ok = rc == 0;
+        if (!ok)
+            error = (DWORD)p_WSAGetLastError();
+    } else {
+        ok = which == SPIKE_READ ? ReadFile(h, data, size, NULL, &op->ov)
+                                 : WriteFile(h, data, size, NULL, &op->ov);
+        if (!ok)
+            error = GetLastError();
+    }
+    if (ok) {
+        if (!skip)
+            return 0;
+        op->pending = 0;
+        *status = (int32_t)(op->ov.Internal & 0xFFFFFFFFu);
+        *count = op->ov.InternalHigh;
+        return 1;
+    }
+    if (error == ERROR_IO_PENDING)
+        return 0;
+    op->pending = 0;
+    *status = (int32_t)error ? (int32_t)(0xC0000000u | error) : -1;
+    return -1;
+}
+
+/* Continues a direction from a completion (which, status, count) for as long as its requests
+ * complete at once. */
+static void spike_continue(spike_dir *d, int which, int32_t status, ULONG_PTR count)
+{
+    for (;;) {
+        int r;
+        if (d->done)
+            return;
+        if (status < 0 || (which == SPIKE_READ && count == 0)) {
+            d->done = 1;
+            return;
+        }
+        if (which == SPIKE_READ) {
+            d->have = (DWORD)count;
+            d->off = 0;
+            which = SPIKE_WRITE;
+        } else {
+            d->off += (DWORD)count;
+            which = d->off < d->have ? SPIKE_WRITE : SPIKE_READ;
+        }
+        r = spike_start(d, which, &status, &count);
+        if (r == 0)
+            return;
+        if (r < 0) {
+            d->done = 1;
+            return;
+        }
+    }
+}
+
+static int spike_pending(spike_dir *dirs)
+{
+    return dirs[0].rd.pending + dirs[0].wr.pending + dirs[1].rd.pending + dirs[1].wr.pending;
+}
+
+/* Relays sock <-> (in_pipe, out_pipe) until EOF or an error on either side; returns 0, or a
+ * negative value if it could not start. counts[0..1]: completions dequeued, foreign entries
+ * re-posted. */
+static int32_t ntafd_relay_spike(uintptr_t port, uintptr_t sock, int sock_skip,
+                                 uintptr_t in_pipe, int in_skip, uintptr_t out_pipe,
+                                 int out_skip, uint64_t *counts)
+{
+    NTAFD_FILE_IO_COMPLETION_INFORMATION entry, foreign[64];
+    ULONG removed, nforeign = 0, i;
+    spike_dir *dirs;
+    int k;
+    if (p_WSARecv == NULL) {
+        HMODULE ws2 = LoadLibraryW(L"ws2_32.dll");
+        HMODULE ntdll = GetModuleHandleW(L"ntdll.dll");
+        if (ws2 == NULL || ntdll == NULL)
+            return -1;
+        p_WSASend = (wsa_send_fn)(void (*)(void))GetProcAddress(ws2, "WSASend");
+        p_WSAGetLastError = (wsa_error_fn)(void (*)(void))GetProcAddress(ws2, "WSAGetLastError");
+        p_NtSetIoCompletion = (set_completion_fn)(void (*)(void))GetProcAddress(
+            ntdll, "NtSetIoCompletion");
+        p_WSARecv = (wsa_io_fn)(void (*)(void))GetProcAddress(ws2, "WSARecv");
+        if (!p_WSARecv || !p_WSASend || !p_WSAGetLastError || !p_NtSetIoCompletion)
+            return -2;
+    }
+    dirs = calloc(2, sizeof *dirs);
+    if (dirs == NULL)
+        return -3;
+    dirs[0].src = (HANDLE)sock; dirs[0].src_sock = 1; dirs[0].src_skip = sock_skip;
+    dirs[0].dst = (HANDLE)in_pipe; dirs[0].dst_skip = in_skip;
+    dirs[1].src = (HANDLE)out_pipe; dirs[1].src_skip = out_skip;
+    dirs[1].dst = (HANDLE)sock; dirs[1].dst_sock = 1; dirs[1].dst_skip = sock_skip;
+    for (k = 0; k < 2; k++) {
+        dirs[k].rd.dir = dirs[k].wr.dir = &dirs[k];
+        dirs[k].rd.which = SPIKE_READ;
+        dirs[k].wr.which = SPIKE_WRITE;
+        dirs[k].buf = malloc(SPIKE_BUFFER);
+        if (dirs[k].buf == NULL) {
+            free(dirs[0].buf);
+            free(dirs);
+            return -3;
+        }
+    }
+    for (k = 0; k < 2; k++) {
+        int32_t status;
+        ULONG_PTR count;
+        int r = spike_start(&dirs[k], SPIKE_READ, &status, &count);
+        if (r > 0)
+            spike_continue(&dirs[k], SPIKE_READ, status, count);
+        else if (r < 0)
+            dirs[k].done = 1;
+    }
+    counts[0] = counts[1] = 0;
+    for (;;) {
+        int draining = dirs[0].done || dirs[1].done;
+        if (draining) {
+            if (spike_pending(dirs) == 0)
+                break;
+            for (k = 0; k < 2; k++) {
+                if (dirs[k].rd.pending)
+                    CancelIoEx(dirs[k].src, &dirs[k].rd.ov);
+                if (dirs[k].wr.pending)
+                    CancelIoEx(dirs[k].dst, &dirs[k].wr.ov);
+            }
+        }
+        if (p_NtRemoveIoCompletionEx((HANDLE)port, &entry, 1, &removed, NULL, FALSE) < 0)
+            break; /* the port is gone: leak the state rather than free memory in flight */
+        counts[0]++;
+        {
+            spike_op *op = NULL;
+            for (k = 0; k < 2 && op == NULL; k++) {
+                if (entry.ApcContext == &dirs[k].rd)
+                    op = &dirs[k].rd;
+                else if (entry.ApcContext == &dirs[k].wr)
+                    op = &dirs[k].wr;
+            }
+            if (op == NULL) {
+                if (nforeign < 64)
+                    foreign[nforeign++] = entry;
+                counts[1]++;
+                continue;
+            }
+            op->pending = 0;
+            if (op->dir->done)
+                continue;
+            spike_continue(op->dir, op->which, entry.IoStatusBlock.Status,
+                           (ULONG_PTR)entry.IoStatusBlock.Information);
+        }
+    }
+    if (spike_pending(dirs) == 0) {
+        free(dirs[0].buf);
+        free(dirs[1].buf);
+        free(dirs);
+    }
+    for (i = 0; i < nforeign; i++)
+        p_NtSetIoCompletion((HANDLE)port, foreign[i].KeyContext, foreign[i].ApcContext,
+                            foreign[i].IoStatusBlock.Status,
+                            (ULONG_PTR)foreign[i].IoStatusBlock.Information);
+    return 0;
 }
