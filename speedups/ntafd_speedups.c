@@ -490,16 +490,17 @@ static int spike_pending(spike_dir *dirs)
 }
 
 /* Relays sock <-> (in_pipe, out_pipe) until EOF or an error on either side; returns 0, or a
- * negative value if it could not start. counts[0..1]: completions dequeued, foreign entries
+ * negative value: -1..-3 it could not start, -4 requests were left pending (the port failed; their
+ * memory is kept, never freed). counts[0..1]: completions dequeued, foreign entries
  * re-posted. */
 static int32_t ntafd_relay_spike(uintptr_t port, uintptr_t sock, int sock_skip,
                                  uintptr_t in_pipe, int in_skip, uintptr_t out_pipe,
                                  int out_skip, uint64_t *counts)
 {
-    NTAFD_FILE_IO_COMPLETION_INFORMATION entry, foreign[64];
-    ULONG removed, nforeign = 0, i;
+    NTAFD_FILE_IO_COMPLETION_INFORMATION entry, *foreign = NULL;
+    ULONG removed, nforeign = 0, foreign_room = 0, i;
     spike_dir *dirs;
-    int k;
+    int k, left;
     if (p_WSARecv == NULL) {
         HMODULE ws2 = LoadLibraryW(L"ws2_32.dll");
         HMODULE ntdll = GetModuleHandleW(L"ntdll.dll");
@@ -565,8 +566,19 @@ static int32_t ntafd_relay_spike(uintptr_t port, uintptr_t sock, int sock_skip,
                     op = &dirs[k].wr;
             }
             if (op == NULL) {
-                if (nforeign < 64)
-                    foreign[nforeign++] = entry;
+                if (nforeign == foreign_room) {
+                    ULONG room = foreign_room ? foreign_room * 2 : 64;
+                    void *grown = realloc(foreign, room * sizeof *foreign);
+                    if (grown == NULL) { /* hand it back now rather than lose it */
+                        p_NtSetIoCompletion((HANDLE)port, entry.KeyContext, entry.ApcContext,
+                                            entry.IoStatusBlock.Status,
+                                            (ULONG_PTR)entry.IoStatusBlock.Information);
+                        break;
+                    }
+                    foreign = grown;
+                    foreign_room = room;
+                }
+                foreign[nforeign++] = entry;
                 counts[1]++;
                 continue;
             }
@@ -577,7 +589,8 @@ static int32_t ntafd_relay_spike(uintptr_t port, uintptr_t sock, int sock_skip,
                            (ULONG_PTR)entry.IoStatusBlock.Information);
         }
     }
-    if (spike_pending(dirs) == 0) {
+    left = spike_pending(dirs);
+    if (left == 0) { /* else the kernel may still write them: kept, never freed */
         free(dirs[0].buf);
         free(dirs[1].buf);
         free(dirs);
@@ -586,5 +599,6 @@ static int32_t ntafd_relay_spike(uintptr_t port, uintptr_t sock, int sock_skip,
         p_NtSetIoCompletion((HANDLE)port, foreign[i].KeyContext, foreign[i].ApcContext,
                             foreign[i].IoStatusBlock.Status,
                             (ULONG_PTR)foreign[i].IoStatusBlock.Information);
-    return 0;
+    free(foreign);
+    return left == 0 ? 0 : -4;
 }
