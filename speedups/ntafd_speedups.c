@@ -363,8 +363,8 @@ static int32_t ntafd_cancel(uintptr_t handle, uintptr_t overlapped)
     return p_NtCancelIoFileEx((HANDLE)handle, (NTAFD_IO_STATUS_BLOCK *)request, &io_status);
 }
 
-/* ---- SPIKE (off by default, NTAFD_C_RELAY_SPIKE=1): one session's relay wholly in C -------
- * Measures how much user CPU per round trip a C relay step would save (ACTIVE_KB issue 10, the
+/* ---- SPIKE (used only by `python -m bench.c_relay_spike`): one session's relay wholly in C --
+ * Measures how much user CPU per round trip a C relay step would save (ACTIVE_KB CR1-CR6, the
  * C relay spike). Not production code: it blocks the caller's loop for the session's life (one
  * session only: other completions are set aside and re-posted at the end), has no inline
  * budget, and ends at the first EOF or error. Memory the kernel writes into (two OVERLAPPEDs
