@@ -84,6 +84,8 @@ class RelayInfo(NamedTuple):
     """Requests that completed inline (no packet)."""
     dequeued: int
     """Completions dequeued (packets, and continuations posted at the inline budget)."""
+    failed_write: int
+    """After :data:`EVENT_ERROR`: 1 if the write to ``dst`` failed, 0 if the read of ``src``."""
 
 
 class CRelay:

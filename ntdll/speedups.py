@@ -251,12 +251,13 @@ class NativeCalls:
         return bool(self._lib.ntafd_relay_stop(relay))
 
     def relay_info(self, relay: int) -> list[int]:
-        """``[state, event, status, bytes written, bytes held, pending, inline, dequeued]``."""
-        out = self._ffi.new("uint64_t[8]")
+        """``[state, event, status, bytes written, bytes held, pending, inline, dequeued,
+        failed request (0 read, 1 write)]``."""
+        out = self._ffi.new("uint64_t[9]")
         status: int = self._lib.ntafd_relay_info(relay, out)
         if status:
             _raise_for(status, "ntafd_relay_info")
-        result: list[int] = self._ffi.unpack(out, 8)
+        result: list[int] = self._ffi.unpack(out, 9)
         return result
 
     def relay_take(self, relay: int) -> bytes:

@@ -441,6 +441,7 @@ typedef struct ntafd_relay {
     DWORD size, have, off;
     uint64_t moved, inline_done, dequeued;
     int state, event, closed, queued;
+    int failed; /* RELAY_EVENT_ERROR: which request failed (RELAY_READ or RELAY_WRITE) */
     int32_t status; /* the failing request's status (RELAY_EVENT_ERROR) */
     struct ntafd_relay *next_event;
     struct ntafd_relay *prev, *next; /* every relay of the set */
@@ -576,12 +577,13 @@ static int relay_pending(const ntafd_relay *r)
 }
 
 /* Ends r (EOF, error or stop); its event is queued once nothing of it is pending. */
-static void relay_end(ntafd_relay *r, int event, int32_t status)
+static void relay_end(ntafd_relay *r, int event, int32_t status, int which)
 {
     if (r->state == RELAY_RUNNING) {
         r->state = RELAY_ENDED;
         r->event = event;
         r->status = status;
+        r->failed = which;
     }
 }
 
@@ -675,12 +677,12 @@ static void relay_continue(ntafd_relay *r, int which, int32_t status, ULONG_PTR 
             count = 0;
         }
         if (status < 0) {
-            relay_end(r, RELAY_EVENT_ERROR, status);
+            relay_end(r, RELAY_EVENT_ERROR, status, which);
             break;
         }
         if (which == RELAY_READ) {
             if (count == 0) {
-                relay_end(r, RELAY_EVENT_EOF, 0);
+                relay_end(r, RELAY_EVENT_EOF, 0, which);
                 break;
             }
             RELAY_ASSERT(set, count <= r->size);
@@ -699,7 +701,7 @@ static void relay_continue(ntafd_relay *r, int which, int32_t status, ULONG_PTR 
         if (started == 0)
             return;
         if (started < 0) {
-            relay_end(r, RELAY_EVENT_ERROR, status);
+            relay_end(r, RELAY_EVENT_ERROR, status, which);
             break;
         }
         if (++set->spent > set->budget) {
@@ -808,7 +810,7 @@ static int32_t ntafd_relay_run(uintptr_t relay)
     if (started > 0)
         relay_continue(r, RELAY_READ, status, count);
     else if (started < 0) {
-        relay_end(r, RELAY_EVENT_ERROR, status);
+        relay_end(r, RELAY_EVENT_ERROR, status, RELAY_READ);
         relay_settle(r);
     }
     return 0;
@@ -822,7 +824,7 @@ static int ntafd_relay_stop(uintptr_t relay)
     ntafd_relay *r = (ntafd_relay *)relay;
     if (r->magic != RELAY_MAGIC || r->state != RELAY_RUNNING)
         return 0;
-    relay_end(r, RELAY_EVENT_STOPPED, 0);
+    relay_end(r, RELAY_EVENT_STOPPED, 0, 0);
     if (r->rd.pending)
         CancelIoEx(r->src, &r->rd.ov);
     if (r->wr.pending)
@@ -833,7 +835,8 @@ static int ntafd_relay_stop(uintptr_t relay)
 
 /* r's counters: out[0] state, out[1] event, out[2] status (unsigned), out[3] bytes written,
  * out[4] bytes held (read, not yet written), out[5] requests pending, out[6] requests that
- * completed inline, out[7] completions dequeued. */
+ * completed inline, out[7] completions dequeued, out[8] after RELAY_EVENT_ERROR: which request
+ * failed (0 the read of src, 1 the write to dst). */
 static int32_t ntafd_relay_info(uintptr_t relay, uint64_t *out)
 {
     ntafd_relay *r = (ntafd_relay *)relay;
@@ -847,6 +850,7 @@ static int32_t ntafd_relay_info(uintptr_t relay, uint64_t *out)
     out[5] = (uint64_t)relay_pending(r);
     out[6] = r->inline_done;
     out[7] = r->dequeued;
+    out[8] = (uint64_t)r->failed;
     return 0;
 }
 
@@ -894,7 +898,7 @@ static int ntafd_relay_close(uintptr_t relay)
         relay_free(r);
         return 1;
     }
-    relay_end(r, RELAY_EVENT_STOPPED, 0);
+    relay_end(r, RELAY_EVENT_STOPPED, 0, 0);
     if (r->rd.pending)
         CancelIoEx(r->src, &r->rd.ov);
     if (r->wr.pending)
@@ -911,7 +915,7 @@ static void ntafd_relay_set_cancel(uintptr_t set_address)
         relay_op *op = set->table[i];
         if (op == NULL || op == RELAY_TOMBSTONE)
             continue;
-        relay_end(op->relay, RELAY_EVENT_STOPPED, 0);
+        relay_end(op->relay, RELAY_EVENT_STOPPED, 0, 0);
         CancelIoEx(op->which == RELAY_READ ? op->relay->src : op->relay->dst, &op->ov);
     }
 }

@@ -233,6 +233,7 @@ def test_a_child_exiting_mid_write_ends_its_relay_with_an_error(
         assert event.status == EVENT_ERROR, event  # the write found the pipe broken
         info = relay.info()
         assert info.pending == 0 and info.status in (0xC000014B, 0xC00700E8, 0xC007006D)
+        assert info.failed_write == 1
         assert child.wait(WAIT) == 0
         relay.take()
     finally:
@@ -276,3 +277,41 @@ def test_relays_closed_while_pending_leak_no_handle_and_no_completion() -> None:
     for index in range(20):
         one_round(index % 2 == 1)
     assert process_handle_count() - before <= 2  # others' threads may hold one or two
+
+
+def test_the_exec_loop_relays_a_direction_in_c_and_hands_it_back_on_its_event(
+        sockets: tuple[socket.socket, ...]) -> None:
+    """execsession's IocpLoop.relay: byte-exact through the loop's own dequeue, the event
+    delivered on the loop with the counters and held bytes; a relay still running when the
+    loop closes is cancelled and drained without a leftover."""
+    from execsession.iocp_backend import IocpLoop
+
+    client, src, dst, reader = sockets
+    data = random.Random(11).randbytes(512 * 1024)
+    received = bytearray()
+    events: list[tuple[int, int, bytes]] = []
+    loop = IocpLoop()
+    try:
+        a, b = loop.socket_stream(src), loop.socket_stream(dst)
+        relay = loop.relay(a, b, 8192, lambda event, info, held: events.append(
+            (event, info.written, held)))
+        assert relay is not None
+        sender = threading.Thread(target=send_in_random_pieces, args=(client, data), kwargs=dict(
+            seed=11, largest=50_000, pause_chance=0.05, pause=0.01))
+        receiver = threading.Thread(target=receive_in_random_pieces, args=(
+            reader, received, len(data)), kwargs=dict(seed=12, largest=50_000,
+                                                      pause_chance=0.05, pause=0.01))
+        sender.start()
+        receiver.start()
+        assert loop.run(until=lambda: bool(events), timeout=WAIT)
+        sender.join(WAIT)
+        receiver.join(WAIT)
+        assert events == [(EVENT_EOF, len(data), b"")]
+        assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+        back = loop.relay(b, a, 4096, lambda *args: events.append(args))
+        assert back is not None and back.info().pending == 1  # reading dst: nothing comes
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loop.close()
+    assert events[1:] == []  # closing gives no event
