@@ -132,8 +132,8 @@ class IocpLoop(Loop):
                 self._callback_failed(owner.completed, error, owner)
 
     # -- C relays (ACTIVE_KB CR7) ---------------------------------------------------------------
-    def relay(self, src: Stream, dst: Stream, size: int,
-              on_event: RelayCallback) -> c_relay.CRelay | None:
+    def relay(self, src: Stream, dst: Stream, size: int, on_event: RelayCallback, *,
+              give_full: bool = False, give_small: int = 0) -> c_relay.CRelay | None:
         """Relay ``src`` -> ``dst`` in C (``None`` without the speedups: relay in Python) until
         an event, then ``on_event(event, info, held)`` on the loop. The caller must have no
         read of ``src`` nor write to ``dst`` in flight, and issues none until the event; it may
@@ -147,7 +147,8 @@ class IocpLoop(Loop):
             raise RuntimeError("a C relay needs the read of src and the write to dst free")
         self._relay_serial += 1
         token = RELAY_KEY_BASE + self._relay_serial
-        relay = c_relay.CRelay(src.io, dst.io, token, size)
+        relay = c_relay.CRelay(src.io, dst.io, token, size, give_full=give_full,
+                               give_small=give_small)
         self._relays[token] = (relay, on_event)
         relay.run()
         return relay
@@ -162,6 +163,7 @@ class IocpLoop(Loop):
         relay, callback = self._relays[completion.key]
         info = relay.info()
         held = relay.take()
+        self.inline_completions += info.inline
         try:
             callback(completion.status, info, held)
         except Exception as error:

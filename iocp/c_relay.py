@@ -47,7 +47,8 @@ from .overlapped_io import OverlappedIO
 from .port import CompletionPort
 from .socket_io import SocketIO
 
-__all__ = ["EVENT_EOF", "EVENT_ERROR", "EVENT_STOPPED", "CRelay", "RelayInfo", "available"]
+__all__ = ["EVENT_EOF", "EVENT_ERROR", "EVENT_FULL", "EVENT_SMALL", "EVENT_STOPPED", "CRelay",
+           "RelayInfo", "available"]
 
 EVENT_EOF = 1
 """The relay read end of data (a socket's FIN, a pipe whose writer closed)."""
@@ -55,6 +56,12 @@ EVENT_ERROR = 2
 """A request failed: :attr:`RelayInfo.status` is its status."""
 EVENT_STOPPED = 3
 """:meth:`CRelay.stop` (or the port's close) took it back."""
+EVENT_FULL = 4
+"""(``give_full`` relays) a read filled the buffer: its bytes are held, not written, so that
+the caller's flow control and growing buffers act on bulk transfers (C relays the small)."""
+EVENT_SMALL = 5
+"""(``give_small`` relays) a read brought fewer than ``give_small`` bytes: held, not written
+(the caller may shrink its buffer)."""
 
 IDLE, RUNNING, ENDED = 0, 1, 2
 
@@ -92,10 +99,12 @@ class CRelay:
     """``src`` -> ``dst`` relayed in C through ``src.port``; see the module's essay.
 
     ``token``: the key its events come with (choose one no handle of the port uses). ``size``:
-    its buffer (bytes per read).
+    its buffer (bytes per read). ``give_full``: end with :data:`EVENT_FULL` after a read that
+    filled the buffer; ``give_small``: with :data:`EVENT_SMALL` after a read of fewer bytes.
     """
 
-    def __init__(self, src: OverlappedIO, dst: OverlappedIO, token: int, size: int) -> None:
+    def __init__(self, src: OverlappedIO, dst: OverlappedIO, token: int, size: int, *,
+                 give_full: bool = False, give_small: int = 0) -> None:
         native = speedups.native
         if native is None:
             raise RuntimeError(f"C relays need the speedups ({speedups.LOAD_ERROR})")
@@ -109,7 +118,8 @@ class CRelay:
         self.token = token
         self._address: int | None = native.relay_open(
             self._set, token, src.handle, isinstance(src, SocketIO), src.skip_on_success,
-            dst.handle, isinstance(dst, SocketIO), dst.skip_on_success, size)
+            dst.handle, isinstance(dst, SocketIO), dst.skip_on_success, size, give_full,
+            give_small)
 
     def _live(self) -> int:
         address = self._address

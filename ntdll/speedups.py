@@ -230,11 +230,14 @@ class NativeCalls:
 
     def relay_open(self, relay_set: int, token: int, src: int, src_socket: bool,
                    src_skip: bool, dst: int, dst_socket: bool, dst_skip: bool,
-                   size: int) -> int:
-        """A relay (one direction, ``src`` -> ``dst``, C memory) in ``relay_set``."""
+                   size: int, give_full: bool = False, give_small: int = 0) -> int:
+        """A relay (one direction, ``src`` -> ``dst``, C memory) in ``relay_set``;
+        ``give_full``: end (FULL) after a read that filled its buffer, ``give_small``: (SMALL)
+        after a read of fewer bytes, holding the bytes."""
         address: int = self._lib.ntafd_relay_open(relay_set, token, src, int(src_socket),
                                                   int(src_skip), dst, int(dst_socket),
-                                                  int(dst_skip), size)
+                                                  int(dst_skip), size, int(give_full),
+                                                  give_small)
         if not address:
             raise MemoryError(f"ntafd_relay_open: no memory for a {size}-byte relay")
         return address

@@ -71,7 +71,7 @@ uint64_t ntafd_relay_set_free(uintptr_t set);
 void ntafd_relay_set_cancel(uintptr_t set);
 uintptr_t ntafd_relay_open(uintptr_t set, uint64_t token, uintptr_t src, int src_sock,
                            int src_skip, uintptr_t dst, int dst_sock, int dst_skip,
-                           uint32_t size);
+                           uint32_t size, int give_full, uint32_t give_small);
 int32_t ntafd_relay_run(uintptr_t relay);
 int ntafd_relay_stop(uintptr_t relay);
 int32_t ntafd_relay_info(uintptr_t relay, uint64_t *out);

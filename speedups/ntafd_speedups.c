@@ -375,7 +375,9 @@ static int32_t ntafd_cancel(uintptr_t handle, uintptr_t overlapped)
  *
  * A relay leaves C (an *event*, reported once as a decoded entry: key = the caller's token,
  * ApcContext 0, status = RELAY_EVENT_*, Information = its bytes written so far) when it read
- * EOF, when a request failed, or when the caller stopped it - and only once none of its
+ * EOF, when a request failed, when the caller stopped it, or (if opened with give_full) after
+ * a read that filled its buffer, or brought fewer than give_small bytes (the bytes held: the
+ * caller's flow control and growing or shrinking buffers act on them; C relays the rest) - and only once none of its
  * requests is pending, so the caller may then use both handles itself. Memory rules: a relay
  * is freed only when none of its requests is pending (ntafd_relay_close on an idle relay, or
  * the dequeue that sees a closed relay's last completion); a relay whose completion never comes
@@ -416,6 +418,8 @@ static set_completion_fn p_NtSetIoCompletion;
 #define RELAY_EVENT_EOF 1
 #define RELAY_EVENT_ERROR 2
 #define RELAY_EVENT_STOPPED 3
+#define RELAY_EVENT_FULL 4 /* a read filled the buffer: held, not written (the caller may grow) */
+#define RELAY_EVENT_SMALL 5 /* a read brought fewer than give_small bytes: held (it may shrink) */
 #define RELAY_MAX_CALLS 64 /* kernel calls per dequeue call before returning empty-handed */
 #define NTAFD_STATUS_ASSERT_RELAY ((int32_t)0xE0AF0004) /* a relay invariant broke */
 #define NTAFD_STATUS_PIPE_BROKEN ((int32_t)0xC000014B)
@@ -442,6 +446,8 @@ typedef struct ntafd_relay {
     uint64_t moved, inline_done, dequeued;
     int state, event, closed, queued;
     int failed; /* RELAY_EVENT_ERROR: which request failed (RELAY_READ or RELAY_WRITE) */
+    int give_full; /* end with RELAY_EVENT_FULL after a read that filled the buffer */
+    DWORD give_small; /* end with RELAY_EVENT_SMALL after a read of fewer bytes (0: never) */
     int32_t status; /* the failing request's status (RELAY_EVENT_ERROR) */
     struct ntafd_relay *next_event;
     struct ntafd_relay *prev, *next; /* every relay of the set */
@@ -688,6 +694,14 @@ static void relay_continue(ntafd_relay *r, int which, int32_t status, ULONG_PTR 
             RELAY_ASSERT(set, count <= r->size);
             r->have = (DWORD)count;
             r->off = 0;
+            if (count == r->size && r->give_full) {
+                relay_end(r, RELAY_EVENT_FULL, 0, which);
+                break;
+            }
+            if (count < r->give_small) {
+                relay_end(r, RELAY_EVENT_SMALL, 0, which);
+                break;
+            }
             which = RELAY_WRITE;
         } else {
             RELAY_ASSERT(set, count <= r->have - r->off);
@@ -761,7 +775,8 @@ static uint64_t ntafd_relay_set_free(uintptr_t set_address)
 
 static uintptr_t ntafd_relay_open(uintptr_t set_address, uint64_t token, uintptr_t src,
                                   int src_sock, int src_skip, uintptr_t dst, int dst_sock,
-                                  int dst_skip, uint32_t size)
+                                  int dst_skip, uint32_t size, int give_full,
+                                  uint32_t give_small)
 {
     ntafd_relay_set *set = (ntafd_relay_set *)set_address;
     ntafd_relay *r;
@@ -781,6 +796,8 @@ static uintptr_t ntafd_relay_open(uintptr_t set_address, uint64_t token, uintptr
     r->src = (HANDLE)src; r->src_sock = src_sock; r->src_skip = src_skip;
     r->dst = (HANDLE)dst; r->dst_sock = dst_sock; r->dst_skip = dst_skip;
     r->size = size;
+    r->give_full = give_full;
+    r->give_small = give_small;
     r->rd.relay = r->wr.relay = r;
     r->rd.which = RELAY_READ;
     r->wr.which = RELAY_WRITE;
