@@ -79,8 +79,6 @@ int64_t ntafd_relay_take(uintptr_t relay, char *out, uint32_t room);
 int ntafd_relay_close(uintptr_t relay);
 int32_t ntafd_relay_remove_completions(uintptr_t set, uint32_t max_entries, int has_timeout,
                                        int64_t timeout, uint64_t *decoded, uint32_t *count);
-int32_t ntafd_relay_spike(uintptr_t port, uintptr_t sock, int sock_skip, uintptr_t in_pipe,
-                          int in_skip, uintptr_t out_pipe, int out_skip, uint64_t *counts);
 """
 
 ffi = cffi.FFI()
