@@ -808,6 +808,17 @@ static uintptr_t ntafd_relay_open(uintptr_t set_address, uint64_t token, uintptr
     return (uintptr_t)r;
 }
 
+/* Ends r as STOPPED and cancels its pending request (its completion still comes: C keeps r's
+ * memory until it is seen). */
+static void relay_cancel(ntafd_relay *r)
+{
+    relay_end(r, RELAY_EVENT_STOPPED, 0, 0);
+    if (r->rd.pending)
+        CancelIoEx(r->src, &r->rd.ov);
+    if (r->wr.pending)
+        CancelIoEx(r->dst, &r->wr.ov);
+}
+
 /* Hands r to C: it reads src (and relays) until an event. Only from RELAY_IDLE with nothing
  * held (ntafd_relay_take first). Returns 0, or an assertion status. An EOF or error met at once
  * is reported by the next dequeue, like any event. */
@@ -841,11 +852,7 @@ static int ntafd_relay_stop(uintptr_t relay)
     ntafd_relay *r = (ntafd_relay *)relay;
     if (r->magic != RELAY_MAGIC || r->state != RELAY_RUNNING)
         return 0;
-    relay_end(r, RELAY_EVENT_STOPPED, 0, 0);
-    if (r->rd.pending)
-        CancelIoEx(r->src, &r->rd.ov);
-    if (r->wr.pending)
-        CancelIoEx(r->dst, &r->wr.ov);
+    relay_cancel(r);
     relay_settle(r);
     return 1;
 }
@@ -915,11 +922,7 @@ static int ntafd_relay_close(uintptr_t relay)
         relay_free(r);
         return 1;
     }
-    relay_end(r, RELAY_EVENT_STOPPED, 0, 0);
-    if (r->rd.pending)
-        CancelIoEx(r->src, &r->rd.ov);
-    if (r->wr.pending)
-        CancelIoEx(r->dst, &r->wr.ov);
+    relay_cancel(r);
     return 0;
 }
 
