@@ -315,3 +315,47 @@ def test_the_exec_loop_relays_a_direction_in_c_and_hands_it_back_on_its_event(
             warnings.simplefilter("error")
             loop.close()
     assert events[1:] == []  # closing gives no event
+
+
+def test_exec_sessions_with_the_c_relay_on_come_back_exact(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """``NTAFD_EXEC_C_RELAY=1``: eight sessions at once, 150 round trips each of random sizes
+    (some pipelined), then a 2 MiB exchange: every byte back in order, byte counts right,
+    directions handed to C and back (full reads to Python), nothing stray or orphaned."""
+    from execsession import session as session_module
+    from execsession.iocp_backend import IocpLoop
+
+    from .exec_support import ECHO_CODE, ServerThread, exchange, python_child
+    from .test_exec_relay_paths import _orphans, _round_trips
+
+    monkeypatch.setenv(session_module.C_RELAY_ENV, "1")
+    handed: list[int] = []
+    original = IocpLoop.relay
+
+    def counting(self: IocpLoop, *args: object, **kwargs: object) -> CRelay | None:
+        handed.append(1)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(IocpLoop, "relay", counting)
+    outcome: dict[int, bool] = {}
+    orphans_before = _orphans()
+    data = random.Random(31).randbytes(2 * 1024 * 1024)
+    with ServerThread(python_child(ECHO_CODE)) as server:
+        threads = [threading.Thread(target=_round_trips, daemon=True,
+                                    args=(server.address, seed, 150, outcome))
+                   for seed in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT * 3)
+            assert not thread.is_alive()
+        assert exchange(server.address, data) == data
+        results = server.wait_results(9, timeout=WAIT * 2)
+        port = server.loop.port  # type: ignore[attr-defined]
+    assert outcome == {seed: True for seed in range(8)}
+    assert sorted(result.reason for result in results) == ["exited"] * 9
+    bulk = [r for r in results if r.bytes_from_client == len(data)]
+    assert len(bulk) == 1 and bulk[0].bytes_to_client == len(data)
+    assert len(handed) > 16  # both directions of every session, and again after events
+    assert port.stray_completions == 0
+    assert port.closed and _orphans() == orphans_before
