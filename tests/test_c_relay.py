@@ -359,3 +359,45 @@ def test_exec_sessions_with_the_c_relay_on_come_back_exact(monkeypatch: pytest.M
     assert len(handed) > 16  # both directions of every session, and again after events
     assert port.stray_completions == 0
     assert port.closed and _orphans() == orphans_before
+
+
+def test_a_failing_relay_event_callback_ends_its_session_alone(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """The C path's form of test_exec_session's failing-callback test (whose data-keyed
+    injection the C path never calls: C writes the bytes without Python). Here the session's
+    own event callback raises at the child's end of output: that session ends as
+    ``internal-error``; a session open meanwhile and a new one are served as usual."""
+    from execsession import session as session_module
+    from execsession.session import ExecSession
+
+    from .exec_support import ECHO_CODE, ServerThread, connect, exchange, python_child, recv_all
+
+    monkeypatch.setenv(session_module.C_RELAY_ENV, "1")
+    original = ExecSession._on_relay_out
+    victims: list[ExecSession] = []
+
+    def faulty(self: ExecSession, event: int, info: object, held: bytes) -> None:
+        if self in victims and event == EVENT_EOF:
+            raise RuntimeError("injected failure in a relay event callback")
+        original(self, event, info, held)
+
+    monkeypatch.setattr(ExecSession, "_on_relay_out", faulty)
+    with ServerThread(python_child(ECHO_CODE)) as server:
+        with connect(server.address) as bystander:
+            server.wait_sessions(1)
+            first = set(list(server.server.sessions))
+            with connect(server.address) as victim:
+                server.wait_sessions(2)
+                victims.extend(set(list(server.server.sessions)) - first)
+                victim.sendall(b"boom\n")
+                victim.shutdown(socket.SHUT_WR)
+                assert recv_all(victim) == b"boom\n"  # relayed by C, then the session ended
+            [failed] = server.wait_results(1)
+            bystander.sendall(b"still here\n")
+            bystander.shutdown(socket.SHUT_WR)
+            assert recv_all(bystander) == b"still here\n"
+        assert exchange(server.address, b"next\n") == b"next\n"
+        results = server.wait_results(3)
+    assert failed.reason == "internal-error"
+    assert failed.error is not None and "injected failure" in failed.error
+    assert [r.reason for r in results[1:]] == ["exited", "exited"]
