@@ -50,7 +50,16 @@ process with a ``ResourceWarning``. A thread blocked in ``dequeue`` when ``close
 is woken first, and the handle is closed only once no thread is inside the kernel call with
 it: a handle value the system reuses is never dequeued from by mistake.
 
-ACTIVE_KB.md (D2-D5, F1-F4, F15, S10) holds the evidence.
+C relays
+--------
+With the speedups, :mod:`iocp.c_relay` may add a *relay set* to a port: requests issued and
+owned by C (their memory malloc'ed there), recognised in :meth:`dequeue` by their
+``OVERLAPPED`` addresses and continued in C, never handed to Python. The same rules hold for
+them in C: freed only once their completion was seen; closing the port cancels and drains them
+with the Python operations, and keeps (never frees) what did not complete, with a
+``ResourceWarning``.
+
+ACTIVE_KB.md (D2-D5, F1-F4, F15, S10, CR7) holds the evidence.
 """
 
 from __future__ import annotations
