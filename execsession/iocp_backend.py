@@ -34,12 +34,12 @@ import socket
 from collections.abc import Callable, Sequence
 
 from afd import AfdPollEvents, AfdPollOperation, AfdSocket, PollGroups, base_socket_handle
-from iocp import WAKEUP_KEY, Completion, CompletionPort, Operation, PortClosedError
+from iocp import WAKEUP_KEY, Completion, CompletionPort, Operation, PortClosedError, c_relay
 from ntdll.libraries import running_under_wine
 
 from .config import StderrMode
 from .iocp_child import WindowsChild
-from .iocp_streams import socket_stream
+from .iocp_streams import OverlappedStream, socket_stream
 from .loop import Child, Loop, Stream
 
 __all__ = ["INLINE_BUDGET", "IocpLoop"]
@@ -54,6 +54,12 @@ INLINE_BUDGET = 64
 most: beyond it the loop waits before running more callbacks."""
 
 _ACCEPT = int(AfdPollEvents.ACCEPT)
+RELAY_KEY_BASE = 0x7E1A_0000_0000
+"""C relays' event keys are RELAY_KEY_BASE + n (no handle of the loop uses such a key)."""
+
+RelayCallback = Callable[[int, c_relay.RelayInfo, bytes], None]
+"""``(event, info, held)``: a C relay gave its direction back (``c_relay.EVENT_*``), with its
+counters and the bytes it read but did not write (the callee writes them itself)."""
 
 
 class IocpLoop(Loop):
@@ -79,6 +85,8 @@ class IocpLoop(Loop):
         # returns a whole batch, so single-entry asks would only add calls: Wine only.
         self._batch_size = 1 if _WINE else DEQUEUE_BATCH
         self._singles = 0  # dequeues in a row that found at most one entry
+        self._relays: dict[int, tuple[c_relay.CRelay, RelayCallback]] = {}
+        self._relay_serial = 0
 
     def inline_completed(self) -> None:
         """A stream's request completed at once (no packet): count it against the budget."""
@@ -113,6 +121,8 @@ class IocpLoop(Loop):
         ends that owner's session only (:meth:`Loop._callback_failed`)."""
         operation = completion.operation
         if completion.key == WAKEUP_KEY or operation is None:
+            if operation is None and completion.key in self._relays:
+                self._relay_event(completion)
             return
         owner = operation.tag
         if owner is not None:
@@ -120,6 +130,44 @@ class IocpLoop(Loop):
                 owner.completed(operation)
             except Exception as error:
                 self._callback_failed(owner.completed, error, owner)
+
+    # -- C relays (ACTIVE_KB CR7) ---------------------------------------------------------------
+    def relay(self, src: Stream, dst: Stream, size: int, on_event: RelayCallback, *,
+              give_full: bool = False, give_small: int = 0) -> c_relay.CRelay | None:
+        """Relay ``src`` -> ``dst`` in C (``None`` without the speedups: relay in Python) until
+        an event, then ``on_event(event, info, held)`` on the loop. The caller must have no
+        read of ``src`` nor write to ``dst`` in flight, and issues none until the event; it may
+        :meth:`c_relay.CRelay.run` the returned relay again after one, and must
+        :meth:`release_relay` it before closing either stream."""
+        if not c_relay.available():
+            return None
+        if not isinstance(src, OverlappedStream) or not isinstance(dst, OverlappedStream):
+            raise TypeError("C relays join this loop's overlapped streams")
+        if src.reading or dst.writing:
+            raise RuntimeError("a C relay needs the read of src and the write to dst free")
+        self._relay_serial += 1
+        token = RELAY_KEY_BASE + self._relay_serial
+        relay = c_relay.CRelay(src.io, dst.io, token, size, give_full=give_full,
+                               give_small=give_small)
+        self._relays[token] = (relay, on_event)
+        relay.run()
+        return relay
+
+    def release_relay(self, relay: c_relay.CRelay) -> None:
+        """Forget ``relay`` and free it (a running one is cancelled; C frees it once its last
+        completion was seen; no event follows)."""
+        self._relays.pop(relay.token, None)
+        relay.close()
+
+    def _relay_event(self, completion: Completion) -> None:
+        relay, callback = self._relays[completion.key]
+        info = relay.info()
+        held = relay.take()
+        self.inline_completions += info.inline
+        try:
+            callback(completion.status, info, held)
+        except Exception as error:
+            self._callback_failed(callback, error, None)
 
     def _wakeup(self) -> None:
         try:
@@ -149,6 +197,9 @@ class IocpLoop(Loop):
         if self._closed:
             return
         super().close()
+        for relay, _callback in list(self._relays.values()):
+            relay.close()  # cancelled; the port's close drains them
+        self._relays.clear()
         # The port first: it cancels every pending request (the listener's polls through their
         # helper handles, still open: on Windows closing a helper does not end the polls it
         # issued for other sockets, ACTIVE_KB WD1) and dequeues the cancellations.

@@ -89,6 +89,21 @@ class OverlappedStream(Stream):
     def skip_on_success(self) -> bool:
         return self._io.skip_on_success
 
+    @property
+    def io(self) -> OverlappedIO:
+        """The handle's requests (for :meth:`IocpLoop.relay`, which hands a direction to C)."""
+        return self._io
+
+    @property
+    def reading(self) -> bool:
+        """Whether a read of this stream is in flight."""
+        return self._read_op is not None and self._read_op.pending
+
+    @property
+    def writing(self) -> bool:
+        """Whether a write of this stream is in flight."""
+        return self._write_op is not None and self._write_op.pending
+
     # -- requests ------------------------------------------------------------------------------
     def read(self, size: int, callback: ReadCallback) -> None:
         if self._closed:

@@ -25,6 +25,7 @@ and the child. Rules it keeps:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ READ_CHUNK = 256 * 1024
 """Largest single read or write, unless the loop says less (``MAX_IO_SIZE``)."""
 
 EXIT_GRACE = 10.0
+C_RELAY_ENV = "NTAFD_EXEC_C_RELAY"
+"""``1``: hand each idle direction to the loop's C relay step where it has one (IocpLoop with
+the speedups; ACTIVE_KB CR7). Off by default until it is complete and measured."""
 """Seconds to wait for a killed child to be reaped before giving up on its exit code."""
 
 
@@ -195,6 +199,14 @@ class ExecSession:
         self._close_deadline = 0.0
         self._bytes_in = self._bytes_out = self._bytes_err = 0
         self._peak = 0
+        # Directions handed to the loop's C relay step (None: Python relays it). While one
+        # runs, its read and write flags stay set, so that the pump leaves it alone.
+        self._c_relay = (os.environ.get(C_RELAY_ENV) == "1"
+                         and getattr(self.loop, "relay", None) is not None)
+        self._relay_in: object | None = None
+        self._relay_out: object | None = None
+        self._relay_seen = 0  # the relays' request counts when the timer last looked
+        self._relay_in_size = self._relay_out_size = 0
 
     # -- life cycle ----------------------------------------------------------------------------
     @property
@@ -263,6 +275,7 @@ class ExecSession:
             return
         log.info("session pid %s: %s", self.pid, reason)
         self._aborting = reason
+        self._release_relays()
         self._close_client()
         if self._child is not None:
             self._child.kill()
@@ -306,6 +319,8 @@ class ExecSession:
         client = self._client
         child = self._child
         assert client is not None and child is not None
+        if self._c_relay:
+            self._hand_to_c(client, child)
         # Every byte held or reserved for a pending read (max_buffered bounds it).
         total = (self._to_child.size + self._to_client.size + self._reserved_child
                  + self._reserved_client)
@@ -387,6 +402,128 @@ class ExecSession:
         """A write takes at most half the buffer when writes complete later (overlapped I/O),
         so that the next read can proceed while it is in flight."""
         return max(1, min(self._io_chunk, flow.capacity // self._share))
+
+    # -- the C relay step (opt-in: C_RELAY_ENV) ------------------------------------------------
+    def _hand_to_c(self, client: Stream, child: Child) -> None:
+        """Hand each direction that is idle (nothing queued, reserved or in flight, no end
+        seen) to the loop's C relay step; its event gives it back (``_on_relay_*``)."""
+        relay = getattr(self.loop, "relay", None)
+        assert relay is not None
+        # A relay holds at most its buffer: sized so that it and the other direction at its
+        # largest (its buffer's capacity, in C or in Python) stay within max_buffered.
+        limit = self.config.max_buffered
+        in_size = min(self._in_flow.capacity, limit - self._out_flow.capacity)
+        out_size = min(self._out_flow.capacity, limit - self._in_flow.capacity)
+        if (self._relay_in is None and in_size > 0 and not self._reading_client
+                and not self._writing_child and not self._to_child.size
+                and not self._reserved_child and not self._client_eof
+                and not self._stdin_closed and not self._stdin_broken and not self._closing):
+            self._relay_in = relay(client, child.stdin, in_size, self._on_relay_in,
+                                   give_full=True, give_small=self._small(self._in_flow))
+            self._relay_in_size = in_size
+            if self._relay_in is not None:
+                self._reading_client = self._writing_child = True
+                self._peak = max(self._peak, in_size + self._to_client.size)
+        if (self._relay_out is None and out_size > 0 and not self._reading_out
+                and not self._writing_client and not self._to_client.size
+                and not self._reserved_client and not self._out_eof and not self._shut_wr):
+            self._relay_out = relay(child.stdout, client, out_size, self._on_relay_out,
+                                    give_full=True, give_small=self._small(self._out_flow))
+            self._relay_out_size = out_size
+            if self._relay_out is not None:
+                self._reading_out = self._writing_client = True
+                self._peak = max(self._peak, out_size + self._to_child.size)
+
+    @staticmethod
+    def _small(flow: _Flow) -> int:
+        """Reads below this size come back to Python: a grown buffer may shrink after one
+        (_Flow.resize); at the configured size no read needs Python."""
+        return flow.capacity // 4 if flow.capacity > flow.initial else 0
+
+    def _release_relays(self) -> None:
+        """Take both directions back from C at once (their requests are cancelled; C frees
+        them once it saw the completions): the session is ending."""
+        release = getattr(self.loop, "release_relay", None)
+        for name in ("_relay_in", "_relay_out"):
+            relay = getattr(self, name)
+            if relay is not None and release is not None:
+                setattr(self, name, None)
+                release(relay)
+
+    def _relay_activity(self) -> None:
+        """The timer's look at the running relays: requests completed since the last look
+        count as activity (idle and connect timeouts)."""
+        seen = 0
+        for relay in (self._relay_in, self._relay_out):
+            if relay is not None:
+                info = relay.info()  # type: ignore[attr-defined]
+                seen += info.inline + info.dequeued
+        if seen != self._relay_seen:
+            self._relay_seen = seen
+            self._activity()
+
+    def _relay_back(self, name: str) -> None:
+        relay = getattr(self, name)
+        setattr(self, name, None)
+        self._relay_seen = 0
+        release = getattr(self.loop, "release_relay", None)
+        if relay is not None and release is not None:
+            release(relay)
+
+    def _on_relay_in(self, event: int, info: object, held: bytes) -> None:
+        """client -> child stdin came back from C: its counts, the bytes it held, its end."""
+        from iocp.c_relay import EVENT_EOF, EVENT_ERROR, EVENT_FULL, EVENT_SMALL, RelayInfo
+        assert isinstance(info, RelayInfo)
+        self._relay_back("_relay_in")
+        self._reading_client = self._writing_child = False
+        if self._aborting is not None or self._finished:
+            return
+        self._bytes_in += info.written + len(held)
+        if info.written or held:
+            self._activity()
+        if held:
+            if event in (EVENT_FULL, EVENT_SMALL):  # the buffer may grow or shrink
+                self._in_flow.resize(self._relay_in_size, len(held), 0)
+            self._to_child.append(held)
+        if event == EVENT_EOF:
+            self._client_eof = True
+        elif event == EVENT_ERROR:
+            error = OSError(f"NTSTATUS 0x{info.status:08X}")
+            if info.failed_write:
+                log.debug("session pid %s: child stdin closed: %s", self.pid, str(error))
+                self._stdin_broken = True
+                self._to_child.clear()
+            else:
+                self._client_lost(error)
+                return
+        self._pump()
+
+    def _on_relay_out(self, event: int, info: object, held: bytes) -> None:
+        """child stdout -> client came back from C."""
+        from iocp.c_relay import EVENT_EOF, EVENT_ERROR, EVENT_FULL, EVENT_SMALL, RelayInfo
+        assert isinstance(info, RelayInfo)
+        self._relay_back("_relay_out")
+        self._reading_out = self._writing_client = False
+        if self._aborting is not None or self._finished:
+            return
+        self._bytes_out += info.written
+        if info.written or held:
+            self._activity()
+        if held:
+            if event in (EVENT_FULL, EVENT_SMALL):
+                self._out_flow.resize(self._relay_out_size, len(held), 0)
+            self._to_client.append(held)
+        if event == EVENT_ERROR and info.failed_write:
+            self._client_lost(OSError(f"NTSTATUS 0x{info.status:08X}"))
+            return
+        if event in (EVENT_EOF, EVENT_ERROR):
+            if event == EVENT_ERROR:
+                log.debug("session pid %s: stdout read failed: NTSTATUS 0x%08X", self.pid,
+                          info.status)
+            self._out_eof = True
+            assert self._child is not None
+            self._child.expect_exit()
+        self._pump()
 
     # -- completions --------------------------------------------------------------------------
     def _activity(self) -> None:
@@ -566,6 +703,8 @@ class ExecSession:
         if self._finished:
             return
         now = self.loop.time()
+        if self._relay_in is not None or self._relay_out is not None:
+            self._relay_activity()
         if self._aborting is not None:
             # The killed child was not reaped in EXIT_GRACE seconds: give up waiting.
             log.warning("session pid %s: child not reaped after kill", self.pid)
@@ -599,6 +738,7 @@ class ExecSession:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._release_relays()  # before the streams close: their requests are cancelled first
         # Each step is attempted whatever the one before raised, and on_done is always called:
         # a session that never reported its end would keep its server open forever.
         try:

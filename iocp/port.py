@@ -50,7 +50,16 @@ process with a ``ResourceWarning``. A thread blocked in ``dequeue`` when ``close
 is woken first, and the handle is closed only once no thread is inside the kernel call with
 it: a handle value the system reuses is never dequeued from by mistake.
 
-ACTIVE_KB.md (D2-D5, F1-F4, F15, S10) holds the evidence.
+C relays
+--------
+With the speedups, :mod:`iocp.c_relay` may add a *relay set* to a port: requests issued and
+owned by C (their memory malloc'ed there), recognised in :meth:`dequeue` by their
+``OVERLAPPED`` addresses and continued in C, never handed to Python. The same rules hold for
+them in C: freed only once their completion was seen; closing the port cancels and drains them
+with the Python operations, and keeps (never frees) what did not complete, with a
+``ResourceWarning``.
+
+ACTIVE_KB.md (D2-D5, F1-F4, F15, S10, CR7) holds the evidence.
 """
 
 from __future__ import annotations
@@ -115,6 +124,9 @@ a packet will come; raises ``OSError`` when it failed (nothing queued)."""
 # Operations still pending when their port closed (the kernel did not complete them in time).
 # Their memory may yet be written by the kernel, so it is never freed.
 _orphaned: list[Operation] = []
+RELAY_INLINE_BUDGET = 64
+"""Inline completions one dequeue continues in C before it posts the next continuation to the
+port, behind what is queued there (an always-ready handle cannot starve the others)."""
 
 # Preset into the first entry of a pure-ctypes batch before each call: a timeout writes no
 # entry, so a batch left over by an interrupted call whose first entry still reads this was a
@@ -254,6 +266,7 @@ class CompletionPort:
         self._closing = False
         self.stray_completions = 0
         """Packets naming an ``ApcContext`` that is no pending operation's (see :meth:`dequeue`)."""
+        self._relay_set: int | None = None  # C relays' requests (iocp.c_relay), made on demand
         self._handle: int | None = nt.NtCreateIoCompletion(concurrency)
 
     # -- state ----------------------------------------------------------------------------
@@ -435,6 +448,16 @@ class CompletionPort:
             return False
         return nt.NtCancelIoFileEx(operation.handle, operation._overlapped)
 
+    def _relays(self) -> int:
+        """The C relay set of this port (made on first use; needs the speedups): from then on
+        :meth:`dequeue` continues the relays' requests in C (:mod:`iocp.c_relay`)."""
+        if _native is None:
+            raise RuntimeError("C relays need the speedups (ntdll.speedups.native is None)")
+        with self._lock:
+            if self._relay_set is None:
+                self._relay_set = _native.relay_set_new(self.handle, RELAY_INLINE_BUDGET)
+            return self._relay_set
+
     # -- dequeuing ------------------------------------------------------------------------
     def dequeue(self, timeout: float | None = None, max_entries: int = DEFAULT_BATCH,
                 into: list[Completion] | None = None) -> list[Completion]:
@@ -511,7 +534,11 @@ class CompletionPort:
             self._hand_over(left, into, recovering=True)
             batch.release()
             return
-        flat = native.remove_into(handle, batch, max_entries, relative)
+        relays = self._relay_set
+        if relays is None:
+            flat = native.remove_into(handle, batch, max_entries, relative)
+        else:
+            flat = native.relay_remove_into(relays, batch, max_entries, relative)
         if flat:
             self._hand_over(flat, into, recovering=False)
         batch.release()
@@ -606,9 +633,20 @@ class CompletionPort:
                 # a handle does not end, for instance, a helper's polls for
                 # other sockets (WD1): the drain below then orphans what does not complete.
                 pass
+        relays = self._relay_set
+        if relays is not None:
+            assert _native is not None
+            _native.relay_set_cancel(relays)
         deadline = time.monotonic() + CLOSE_DRAIN_SECONDS
-        while self._pending and time.monotonic() < deadline:
+        while ((self._pending or (relays is not None and _native is not None
+                                  and _native.relay_set_pending(relays)))
+               and time.monotonic() < deadline):
             self.dequeue(timeout=0.05)
+        relays_left = 0
+        if relays is not None:
+            assert _native is not None
+            relays_left = _native.relay_set_free(relays)  # kept, never freed, if any is left
+            self._relay_set = None
         with self._lock:
             self._closing = True  # from here on no thread enters the kernel with the handle
             handle = self._handle
@@ -626,6 +664,10 @@ class CompletionPort:
             _orphaned.extend(leftover)
             warnings.warn(f"{len(leftover)} operation(s) still pending when the completion port "
                           "closed; their memory is kept for the life of the process",
+                          ResourceWarning, stacklevel=2)
+        if relays_left:
+            warnings.warn(f"{relays_left} C relay request(s) still pending when the completion "
+                          "port closed; their memory is kept for the life of the process",
                           ResourceWarning, stacklevel=2)
         if stuck:
             warnings.warn(f"{stuck} thread(s) still in NtRemoveIoCompletionEx when the port "

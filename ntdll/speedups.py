@@ -39,7 +39,7 @@ MODULE = "_ntafd_speedups"
 """The extension's module name (top-level, so a build folder can be put on ``sys.path``)."""
 PURE_ENV = "NTAFD_PURE_CTYPES"
 """Set to ``1`` to force the pure-ctypes implementation."""
-ABI_VERSION = 1
+ABI_VERSION = 2
 """The ``ntafd_abi_version()`` this module was written for (a stale build is not used)."""
 
 # Statuses of our own (customer bit set), returned by the C functions.
@@ -47,7 +47,9 @@ STATUS_NOT_INITIALISED = 0xE0AF0000
 STATUS_ASSERT_BUSY = 0xE0AF0001
 STATUS_ASSERT_COUNT = 0xE0AF0002
 STATUS_ASSERT_ALIGN = 0xE0AF0003
+STATUS_ASSERT_RELAY = 0xE0AF0004
 _ASSERTIONS = {
+    STATUS_ASSERT_RELAY: "a relay step's invariant broke (its request table, counts or state)",
     STATUS_ASSERT_BUSY: "a request was issued again while the kernel still owns its memory",
     STATUS_ASSERT_COUNT: "the kernel reported more completions than there was room for",
     STATUS_ASSERT_ALIGN: "a kernel buffer is not 8-byte aligned",
@@ -200,6 +202,103 @@ class NativeCalls:
         if not _status.is_success(status):
             _raise_for(status, "NtCancelIoFileEx")
         return True
+
+    # -- the relay step (iocp.c_relay owns what these return) ---------------------------------
+    def relay_set_new(self, port: int, budget: int) -> int:
+        """A relay set for ``port`` (C memory; ``iocp.port`` owns it). ``budget``: inline
+        completions one dequeue continues before posting the next to the port."""
+        address: int = self._lib.ntafd_relay_set_new(port, budget)
+        if not address:
+            raise MemoryError("ntafd_relay_set_new: no memory, or ws2_32 lacks a function")
+        return address
+
+    def relay_set_pending(self, relay_set: int) -> int:
+        """How many of the set's requests await their completion."""
+        pending: int = self._lib.ntafd_relay_set_pending(relay_set)
+        return pending
+
+    def relay_set_cancel(self, relay_set: int) -> None:
+        """Cancel every pending request of the set's relays (each then reports STOPPED, or
+        is freed if it was closed)."""
+        self._lib.ntafd_relay_set_cancel(relay_set)
+
+    def relay_set_free(self, relay_set: int) -> int:
+        """Free the set if nothing of it is pending, and return 0; else keep it (the kernel may
+        still write into its relays) and return how many requests are pending."""
+        left: int = self._lib.ntafd_relay_set_free(relay_set)
+        return left
+
+    def relay_open(self, relay_set: int, token: int, src: int, src_socket: bool,
+                   src_skip: bool, dst: int, dst_socket: bool, dst_skip: bool,
+                   size: int, give_full: bool = False, give_small: int = 0) -> int:
+        """A relay (one direction, ``src`` -> ``dst``, C memory) in ``relay_set``;
+        ``give_full``: end (FULL) after a read that filled its buffer, ``give_small``: (SMALL)
+        after a read of fewer bytes, holding the bytes."""
+        address: int = self._lib.ntafd_relay_open(relay_set, token, src, int(src_socket),
+                                                  int(src_skip), dst, int(dst_socket),
+                                                  int(dst_skip), size, int(give_full),
+                                                  give_small)
+        if not address:
+            raise MemoryError(f"ntafd_relay_open: no memory for a {size}-byte relay")
+        return address
+
+    def relay_run(self, relay: int) -> None:
+        """Hand the relay to C (it must be idle, holding no bytes)."""
+        status: int = self._lib.ntafd_relay_run(relay)
+        if status:
+            _raise_for(status, "ntafd_relay_run")
+
+    def relay_stop(self, relay: int) -> bool:
+        """Ask C to give the relay back (a STOPPED event follows); ``False`` if it was not
+        running."""
+        return bool(self._lib.ntafd_relay_stop(relay))
+
+    def relay_info(self, relay: int) -> list[int]:
+        """``[state, event, status, bytes written, bytes held, pending, inline, dequeued,
+        failed request (0 read, 1 write)]``."""
+        out = self._ffi.new("uint64_t[9]")
+        status: int = self._lib.ntafd_relay_info(relay, out)
+        if status:
+            _raise_for(status, "ntafd_relay_info")
+        result: list[int] = self._ffi.unpack(out, 9)
+        return result
+
+    def relay_take(self, relay: int) -> bytes:
+        """After its event: the bytes the relay read but did not write; it is idle again."""
+        held = self.relay_info(relay)[4]
+        out = self._ffi.new("char[]", max(held, 1))
+        taken: int = self._lib.ntafd_relay_take(relay, out, held)
+        if taken < 0:
+            raise _status.NtStatusError(STATUS_ASSERT_RELAY, "ntafd_relay_take")
+        data: bytes = self._ffi.unpack(out, taken)
+        return data
+
+    def relay_close(self, relay: int) -> bool:
+        """Give the relay up: ``True`` if freed now, ``False`` if the dequeue that sees its
+        last completion frees it."""
+        result: int = self._lib.ntafd_relay_close(relay)
+        if result < 0:
+            raise SpeedupsAssertionError("ntafd_relay_close: not a live relay")
+        return bool(result)
+
+    def relay_remove_into(self, relay_set: int, batch: NativeBatch, max_entries: int,
+                          timeout: int | None) -> list[int]:
+        """:meth:`remove_into` for a port with relays: their completions are continued in C,
+        and each relay event is one decoded entry (key = its token, ApcContext 0, status = the
+        event, information = bytes written). ``[]`` may also mean the C step ran out of kernel
+        calls for this turn."""
+        if not 1 <= max_entries <= batch.capacity:
+            raise ValueError(f"max_entries {max_entries} outside 1..{batch.capacity}")
+        status: int = self._lib.ntafd_relay_remove_completions(
+            relay_set, max_entries, timeout is not None, timeout or 0, batch.decoded,
+            batch.count)
+        if status < 0:
+            _raise_for(status, "NtRemoveIoCompletionEx")
+        removed: int = batch.count[0]
+        if not removed:
+            return []
+        result: list[int] = self._ffi.unpack(batch.decoded, 4 * removed)
+        return result
 
     def in_flight(self, overlapped: OVERLAPPED) -> bool | None:
         """Debug build: whether a request issued here on ``overlapped`` awaits its dequeue.

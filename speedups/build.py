@@ -65,6 +65,20 @@ int32_t ntafd_afd_poll(uintptr_t helper, uintptr_t overlapped, uintptr_t info,
                        uint32_t exclusive);
 uint32_t ntafd_afd_poll_events(uintptr_t info, uint32_t capacity);
 int32_t ntafd_cancel(uintptr_t handle, uintptr_t overlapped);
+uintptr_t ntafd_relay_set_new(uintptr_t port, uint32_t budget);
+uint64_t ntafd_relay_set_pending(uintptr_t set);
+uint64_t ntafd_relay_set_free(uintptr_t set);
+void ntafd_relay_set_cancel(uintptr_t set);
+uintptr_t ntafd_relay_open(uintptr_t set, uint64_t token, uintptr_t src, int src_sock,
+                           int src_skip, uintptr_t dst, int dst_sock, int dst_skip,
+                           uint32_t size, int give_full, uint32_t give_small);
+int32_t ntafd_relay_run(uintptr_t relay);
+int ntafd_relay_stop(uintptr_t relay);
+int32_t ntafd_relay_info(uintptr_t relay, uint64_t *out);
+int64_t ntafd_relay_take(uintptr_t relay, char *out, uint32_t room);
+int ntafd_relay_close(uintptr_t relay);
+int32_t ntafd_relay_remove_completions(uintptr_t set, uint32_t max_entries, int has_timeout,
+                                       int64_t timeout, uint64_t *decoded, uint32_t *count);
 """
 
 ffi = cffi.FFI()
