@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import math
 import os
 import selectors
@@ -51,6 +52,8 @@ CONNECTIONS = 1000
 ROUND_TRIPS = 3
 OURS = "AfdEventLoop"
 SUBPROCESS_BYTES = 16 * 1024 * 1024
+HANG_REPORT_SECONDS = 300
+"""A run still going after this long prints every thread's stack (and again as often)."""
 CAT = "import shutil, sys; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffer, 65536)"
 
 
@@ -500,7 +503,13 @@ def run_all(results: Results, runs: int, cases: Sequence[str]) -> None:
         values: dict[str, list[float]] = {name: [] for name, _, _ in subjects}
         for _ in range(runs):
             for name, run, _ in subjects:
-                values[name].append(run())
+                # A run takes seconds; one that hangs (seen twice in "1000 connections": ACTIVE_KB
+                # state of play, fifth session) prints every thread's stack while it hangs.
+                faulthandler.dump_traceback_later(HANG_REPORT_SECONDS, repeat=True)
+                try:
+                    values[name].append(run())
+                finally:
+                    faulthandler.cancel_dump_traceback_later()
         for name, _, note in subjects:
             results.record("echo", case, name, unit, better,  # type: ignore[arg-type]
                            values[name], note=note)
