@@ -12,10 +12,17 @@ results="$here/.cache/bench/results"
 rm -rf "$results"
 mkdir -p "$results"
 winpath() { printf 'Z:%s' "${1//\//\\}"; }
-export NTAFD_WINE_PYTHONPATH
-NTAFD_WINE_PYTHONPATH="$(winpath "$here/.cache/winbench/site-packages")"
 failed=()
 started=$(date +%s)
+# The Windows benchmarks run ntafd as the win_amd64 wheel ships it: with the C speedups
+# (optimized build, cross-built here). bench.speedups alternates pure ctypes against them.
+export NTAFD_WINE_PYTHONPATH
+NTAFD_WINE_PYTHONPATH="$(winpath "$here/.cache/winbench/site-packages")"
+if bash tools/build-speedups.sh optimized; then
+    NTAFD_WINE_PYTHONPATH="$NTAFD_WINE_PYTHONPATH;$(winpath "$here/.cache/speedups/optimized")"
+else
+    failed+=("speedups (not built: the Windows benchmarks ran pure ctypes)")
+fi
 
 wine_bench() {  # wine_bench NAME MODULE ARGS...: one Windows benchmark under Wine
     local name=$1 module=$2; shift 2
@@ -33,13 +40,8 @@ linux_bench() {  # linux_bench NAME MODULE ARGS...: one benchmark with the Linux
 
 wine_bench poller bench.poller
 wine_bench echo bench.echo
-# Pure ctypes against the C speedups (optimized build, cross-built here), alternated in one run.
-if bash tools/build-speedups.sh optimized; then
-    NTAFD_WINE_PYTHONPATH="$NTAFD_WINE_PYTHONPATH;$(winpath "$here/.cache/speedups/optimized")" \
-        wine_bench speedups bench.speedups
-else
-    failed+=("speedups (not built)")
-fi
+# Pure ctypes against the C speedups, alternated in one run.
+wine_bench speedups bench.speedups
 # wineserver requests per echo round trip, server side, every echo subject (Linux drives Wine).
 echo "=== bench echo_requests (Linux client, Wine server): python -m bench.echo_requests"
 "$here/.cache/venv/bin/python" -m bench.echo_requests --round-trips 1000 \
