@@ -45,10 +45,10 @@ READ_CHUNK = 256 * 1024
 """Largest single read or write, unless the loop says less (``MAX_IO_SIZE``)."""
 
 EXIT_GRACE = 10.0
-C_RELAY_ENV = "NTAFD_EXEC_C_RELAY"
-"""``1``: hand each idle direction to the loop's C relay step where it has one (IocpLoop with
-the speedups; ACTIVE_KB CR7). Off by default until it is complete and measured."""
 """Seconds to wait for a killed child to be reaped before giving up on its exit code."""
+C_RELAY_ENV = "NTAFD_EXEC_C_RELAY"
+"""Each idle direction goes to the loop's C relay step where the loop has one (IocpLoop with
+the speedups; ACTIVE_KB CR7); ``0`` in this variable keeps every byte on the Python path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +201,7 @@ class ExecSession:
         self._peak = 0
         # Directions handed to the loop's C relay step (None: Python relays it). While one
         # runs, its read and write flags stay set, so that the pump leaves it alone.
-        self._c_relay = (os.environ.get(C_RELAY_ENV) == "1"
+        self._c_relay = (os.environ.get(C_RELAY_ENV, "1") != "0"
                          and getattr(self.loop, "relay", None) is not None)
         self._relay_in: object | None = None
         self._relay_out: object | None = None
@@ -403,7 +403,7 @@ class ExecSession:
         so that the next read can proceed while it is in flight."""
         return max(1, min(self._io_chunk, flow.capacity // self._share))
 
-    # -- the C relay step (opt-in: C_RELAY_ENV) ------------------------------------------------
+    # -- the C relay step (where the loop has one; C_RELAY_ENV=0 turns it off) -----------------
     def _hand_to_c(self, client: Stream, child: Child) -> None:
         """Hand each direction that is idle (nothing queued, reserved or in flight, no end
         seen) to the loop's C relay step; its event gives it back (``_on_relay_*``)."""

@@ -317,18 +317,19 @@ def test_the_exec_loop_relays_a_direction_in_c_and_hands_it_back_on_its_event(
     assert events[1:] == []  # closing gives no event
 
 
-def test_exec_sessions_with_the_c_relay_on_come_back_exact(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
-    """``NTAFD_EXEC_C_RELAY=1``: eight sessions at once, 150 round trips each of random sizes
-    (some pipelined), then a 2 MiB exchange: every byte back in order, byte counts right,
-    directions handed to C and back (full reads to Python), nothing stray or orphaned."""
+def test_exec_sessions_with_the_c_relay_by_default_come_back_exact(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default (the C relay step on with the speedups): eight sessions at once, 150 round
+    trips each of random sizes (some pipelined), then a 2 MiB exchange: every byte back in
+    order, byte counts right, directions handed to C and back (full reads to Python), nothing
+    stray or orphaned."""
     from execsession import session as session_module
     from execsession.iocp_backend import IocpLoop
 
     from .exec_support import ECHO_CODE, ServerThread, exchange, python_child
     from .test_exec_relay_paths import _orphans, _round_trips
 
-    monkeypatch.setenv(session_module.C_RELAY_ENV, "1")
+    monkeypatch.delenv(session_module.C_RELAY_ENV, raising=False)
     handed: list[int] = []
     original = IocpLoop.relay
 
@@ -361,6 +362,34 @@ def test_exec_sessions_with_the_c_relay_on_come_back_exact(monkeypatch: pytest.M
     assert port.closed and _orphans() == orphans_before
 
 
+def test_the_c_relay_variable_at_0_keeps_every_byte_in_python(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """``NTAFD_EXEC_C_RELAY=0``: the speedups are loaded, yet no direction is handed to C and
+    the session relays exactly as the pure-ctypes build does."""
+    from execsession import session as session_module
+    from execsession.iocp_backend import IocpLoop
+
+    from .exec_support import ECHO_CODE, ServerThread, exchange, python_child
+
+    monkeypatch.setenv(session_module.C_RELAY_ENV, "0")
+    handed: list[int] = []
+    original = IocpLoop.relay
+
+    def counting(self: IocpLoop, *args: object, **kwargs: object) -> CRelay | None:
+        handed.append(1)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(IocpLoop, "relay", counting)
+    data = random.Random(32).randbytes(300_000)
+    with ServerThread(python_child(ECHO_CODE)) as server:
+        assert exchange(server.address, b"ping\n") == b"ping\n"
+        assert exchange(server.address, data) == data
+        results = server.wait_results(2)
+    assert [result.reason for result in results] == ["exited", "exited"]
+    assert results[1].bytes_from_client == results[1].bytes_to_client == len(data)
+    assert handed == []
+
+
 def test_a_failing_relay_event_callback_ends_its_session_alone(monkeypatch: pytest.MonkeyPatch
                                                                ) -> None:
     """The C path's form of test_exec_session's failing-callback test (whose data-keyed
@@ -372,7 +401,7 @@ def test_a_failing_relay_event_callback_ends_its_session_alone(monkeypatch: pyte
 
     from .exec_support import ECHO_CODE, ServerThread, connect, exchange, python_child, recv_all
 
-    monkeypatch.setenv(session_module.C_RELAY_ENV, "1")
+    monkeypatch.delenv(session_module.C_RELAY_ENV, raising=False)
     original = ExecSession._on_relay_out
     victims: list[ExecSession] = []
 
