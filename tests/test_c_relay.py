@@ -317,19 +317,10 @@ def test_the_exec_loop_relays_a_direction_in_c_and_hands_it_back_on_its_event(
     assert events[1:] == []  # closing gives no event
 
 
-def test_exec_sessions_with_the_c_relay_by_default_come_back_exact(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default (the C relay step on with the speedups): eight sessions at once, 150 round
-    trips each of random sizes (some pipelined), then a 2 MiB exchange: every byte back in
-    order, byte counts right, directions handed to C and back (full reads to Python), nothing
-    stray or orphaned."""
-    from execsession import session as session_module
+def _count_relays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the exec loop's C relays handed out (one entry per ``IocpLoop.relay`` call)."""
     from execsession.iocp_backend import IocpLoop
 
-    from .exec_support import ECHO_CODE, ServerThread, exchange, python_child
-    from .test_exec_relay_paths import _orphans, _round_trips
-
-    monkeypatch.delenv(session_module.C_RELAY_ENV, raising=False)
     handed: list[int] = []
     original = IocpLoop.relay
 
@@ -338,6 +329,22 @@ def test_exec_sessions_with_the_c_relay_by_default_come_back_exact(
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(IocpLoop, "relay", counting)
+    return handed
+
+
+def test_exec_sessions_with_the_c_relay_by_default_come_back_exact(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default (the C relay step on with the speedups): eight sessions at once, 150 round
+    trips each of random sizes (some pipelined), then a 2 MiB exchange: every byte back in
+    order, byte counts right, directions handed to C and back (full reads to Python), nothing
+    stray or orphaned."""
+    from execsession import session as session_module
+
+    from .exec_support import ECHO_CODE, ServerThread, exchange, python_child
+    from .test_exec_relay_paths import _orphans, _round_trips
+
+    monkeypatch.delenv(session_module.C_RELAY_ENV, raising=False)
+    handed = _count_relays(monkeypatch)
     outcome: dict[int, bool] = {}
     orphans_before = _orphans()
     data = random.Random(31).randbytes(2 * 1024 * 1024)
@@ -367,19 +374,11 @@ def test_the_c_relay_variable_at_0_keeps_every_byte_in_python(monkeypatch: pytes
     """``NTAFD_EXEC_C_RELAY=0``: the speedups are loaded, yet no direction is handed to C and
     the session relays exactly as the pure-ctypes build does."""
     from execsession import session as session_module
-    from execsession.iocp_backend import IocpLoop
 
     from .exec_support import ECHO_CODE, ServerThread, exchange, python_child
 
     monkeypatch.setenv(session_module.C_RELAY_ENV, "0")
-    handed: list[int] = []
-    original = IocpLoop.relay
-
-    def counting(self: IocpLoop, *args: object, **kwargs: object) -> CRelay | None:
-        handed.append(1)
-        return original(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(IocpLoop, "relay", counting)
+    handed = _count_relays(monkeypatch)
     data = random.Random(32).randbytes(300_000)
     with ServerThread(python_child(ECHO_CODE)) as server:
         assert exchange(server.address, b"ping\n") == b"ping\n"
