@@ -58,8 +58,9 @@ RELAY_KEY_BASE = 0x7E1A_0000_0000
 """C relays' event keys are RELAY_KEY_BASE + n (no handle of the loop uses such a key)."""
 
 RelayCallback = Callable[[int, c_relay.RelayInfo, bytes], None]
-"""``(event, info, held)``: a C relay gave its direction back (``c_relay.EVENT_*``), with its
-counters and the bytes it read but did not write (the callee writes them itself)."""
+"""``(event, info, held)``: a C relay gave its direction back (``c_relay.EVENT_*``, the values
+of ``loop.RELAY_*``), with its counters and the bytes it read but did not write (the callee
+writes them itself)."""
 
 
 class IocpLoop(Loop):
@@ -168,6 +169,10 @@ class IocpLoop(Loop):
             callback(completion.status, info, held)
         except Exception as error:
             self._callback_failed(callback, error, None)
+
+    def relay_error(self, status: int) -> OSError:
+        """A C relay's status is the failing request's NTSTATUS."""
+        return OSError(f"NTSTATUS 0x{status:08X}")
 
     def _wakeup(self) -> None:
         try:

@@ -15,21 +15,29 @@ import collections
 import heapq
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .config import StderrMode
 
 __all__ = [
+    "RELAY_EOF",
+    "RELAY_ERROR",
+    "RELAY_FULL",
+    "RELAY_SMALL",
+    "RELAY_STOPPED",
     "Child",
     "Loop",
     "Owned",
     "ReadCallback",
+    "RelayCallback",
+    "RelayCounters",
     "Stream",
     "Timer",
     "WriteCallback",
@@ -46,6 +54,42 @@ is valid for as long as it is referenced (the backend reads into other memory me
 :meth:`Stream.write_chunk` writes it without a copy."""
 WriteCallback = Callable[[int, BaseException | None], None]
 """Called with the number of bytes written (maybe fewer than asked) or ``0`` and the error."""
+
+# -- relays: a direction moved without the session's Python -----------------------------------
+# A loop may offer ``relay(src, dst, size, on_event, give_full=, give_small=)``, returning a
+# relay or None (then the session relays in Python), and ``release_relay(relay)``: the IOCP
+# loop's runs in C (iocp.c_relay), the selectors loop's with splice(2) (posix_relay). The relay
+# owns reading ``src`` and writing ``dst`` until its event, ``on_event(event, counters, held)``.
+RELAY_EOF = 1
+"""The relay read end of data."""
+RELAY_ERROR = 2
+"""A read or a write failed: ``counters.status`` and ``counters.failed_write`` say which."""
+RELAY_STOPPED = 3
+"""The relay was asked to stop."""
+RELAY_FULL = 4
+"""(``give_full``) a read filled the buffer: its bytes are ``held``, for the session to write."""
+RELAY_SMALL = 5
+"""(``give_small``) a read brought fewer bytes than asked: ``held``, as for RELAY_FULL."""
+
+
+class RelayCounters(Protocol):
+    """What a relay's event reports (``iocp.c_relay.RelayInfo`` is one)."""
+
+    @property
+    def written(self) -> int: """Bytes written to ``dst`` since the relay was opened."""
+    @property
+    def status(self) -> int: """After RELAY_ERROR: the loop's code for the failure."""
+    @property
+    def failed_write(self) -> int: """After RELAY_ERROR: 1 if writing ``dst`` failed."""
+    @property
+    def inline(self) -> int: """Requests done at once (activity, for the session's timers)."""
+    @property
+    def dequeued(self) -> int: """Requests done later (activity, as ``inline``)."""
+
+
+RelayCallback = Callable[[int, RelayCounters, bytes], None]
+"""``(event, counters, held)``: a relay gave its direction back (a ``RELAY_*`` event), with the
+bytes it read but did not write (the session writes them itself)."""
 
 
 class Owned:
@@ -281,6 +325,10 @@ class Loop(ABC):
         return wait
 
     # -- backend -----------------------------------------------------------------------------
+    def relay_error(self, status: int) -> OSError:
+        """The error a relay's ``RELAY_ERROR`` status stands for (an errno here)."""
+        return OSError(status, os.strerror(status))
+
     def _wait_due(self) -> bool:
         """Whether the next iteration must wait on I/O even though callbacks are ready (a
         backend that completes requests inline bounds how many it delivers between waits)."""

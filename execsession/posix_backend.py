@@ -33,9 +33,9 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 
-from . import posix_spawn
+from . import posix_relay, posix_spawn
 from .config import StderrMode
-from .loop import Child, Loop, ReadCallback, Stream, WriteCallback
+from .loop import Child, Loop, ReadCallback, RelayCallback, Stream, WriteCallback
 from .posix_guardian import GroupGuardian
 
 __all__ = ["SelectorLoop"]
@@ -213,6 +213,22 @@ class SelectorLoop(Loop):
         except (BlockingIOError, OSError):
             pass  # already awake (buffer full), or closing
 
+    # -- relays (execsession.loop; ACTIVE_KB L10-12) --------------------------------------------
+    def relay(self, src: Stream, dst: Stream, size: int, on_event: RelayCallback, *,
+              give_full: bool = False, give_small: int = 0
+              ) -> posix_relay.SpliceRelay | None:
+        """Relay ``src`` -> ``dst`` with ``splice`` (``None`` where there is none, or without a
+        pipe on one side: the session relays in Python) until end of data or an error, then
+        ``on_event`` once. ``give_full``/``give_small`` do not apply: splice holds no bytes."""
+        if (not posix_relay.available() or not isinstance(src, _FdStream)
+                or not isinstance(dst, _FdStream) or src.is_socket == dst.is_socket):
+            return None
+        return posix_relay.SpliceRelay(src, dst, size, on_event)
+
+    def release_relay(self, relay: posix_relay.SpliceRelay) -> None:
+        """Take the direction back (no event follows)."""
+        relay.close()
+
     # -- factories -----------------------------------------------------------------------------
     def socket_stream(self, sock: socket.socket) -> Stream:
         sock.setblocking(False)
@@ -274,6 +290,28 @@ class _FdStream(Stream):
         self._write_cb: WriteCallback | None = None
         self._write_data: bytes | memoryview = b""
         self._eager = False
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def is_socket(self) -> bool:
+        return self._sock is not None
+
+    def watch_readable(self, callback: Callable[[], None] | None) -> None:
+        """A relay's readiness callback for reading (``None``: stop). A held stream (a child's
+        output not yet guarded) starts watching at :meth:`release`."""
+        if not self._watch.closed:
+            self._watch.reader = callback
+            if not self._held:
+                self._loop._changed(self._watch)
+
+    def watch_writable(self, callback: Callable[[], None] | None) -> None:
+        """A relay's readiness callback for writing (``None``: stop)."""
+        if not self._watch.closed:
+            self._watch.writer = callback
+            self._loop._changed(self._watch)
 
     def _read_now(self, size: int) -> bytes:
         if self._sock is not None:

@@ -29,11 +29,22 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .backends import open_loop
 from .chunks import ChunkQueue
 from .config import ExecSessionConfig
-from .loop import Child, Loop, Stream, Timer
+from .loop import (
+    RELAY_EOF,
+    RELAY_ERROR,
+    RELAY_FULL,
+    RELAY_SMALL,
+    Child,
+    Loop,
+    RelayCounters,
+    Stream,
+    Timer,
+)
 
 __all__ = ["ExecSession", "SessionResult"]
 
@@ -47,8 +58,9 @@ READ_CHUNK = 256 * 1024
 EXIT_GRACE = 10.0
 """Seconds to wait for a killed child to be reaped before giving up on its exit code."""
 C_RELAY_ENV = "NTAFD_EXEC_C_RELAY"
-"""Each idle direction goes to the loop's C relay step where the loop has one (IocpLoop with
-the speedups; ACTIVE_KB CR7); ``0`` in this variable keeps every byte on the Python path."""
+"""Each idle direction goes to the loop's relay step where the loop has one — C on the IOCP
+loop with the speedups (ACTIVE_KB CR7), ``splice`` on the selectors loop on Linux (L10-12);
+``0`` in this variable keeps every byte on the Python path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +211,7 @@ class ExecSession:
         self._close_deadline = 0.0
         self._bytes_in = self._bytes_out = self._bytes_err = 0
         self._peak = 0
-        # Directions handed to the loop's C relay step (None: Python relays it). While one
+        # Directions handed to the loop's relay step (None: Python relays it). While one
         # runs, its read and write flags stay set, so that the pump leaves it alone.
         self._c_relay = (os.environ.get(C_RELAY_ENV, "1") != "0"
                          and getattr(self.loop, "relay", None) is not None)
@@ -216,6 +228,19 @@ class ExecSession:
     @property
     def pid(self) -> int | None:
         return self._child.pid if self._child is not None else None
+
+    @property
+    def bytes_from_client(self) -> int:
+        """Bytes of the client's relayed to the child so far (a running relay's included)."""
+        relay: Any = self._relay_in
+        return self._bytes_in + (relay.info().written if relay is not None else 0)
+
+    @property
+    def bytes_to_client(self) -> int:
+        """Bytes of the child's output relayed to the client so far (a running relay's
+        included)."""
+        relay: Any = self._relay_out
+        return self._bytes_out + (relay.info().written if relay is not None else 0)
 
     def start(self) -> None:
         """Spawn the child and start relaying. A spawn failure ends the session at once
@@ -403,10 +428,11 @@ class ExecSession:
         so that the next read can proceed while it is in flight."""
         return max(1, min(self._io_chunk, flow.capacity // self._share))
 
-    # -- the C relay step (where the loop has one; C_RELAY_ENV=0 turns it off) -----------------
+    # -- the relay step off Python (where the loop has one; C_RELAY_ENV=0 turns it off) -------
     def _hand_to_c(self, client: Stream, child: Child) -> None:
         """Hand each direction that is idle (nothing queued, reserved or in flight, no end
-        seen) to the loop's C relay step; its event gives it back (``_on_relay_*``)."""
+        seen) to the loop's relay step (C, or splice); its event gives it back
+        (``_on_relay_*``)."""
         relay = getattr(self.loop, "relay", None)
         assert relay is not None
         # A relay holds at most its buffer: sized so that it and the other direction at its
@@ -441,7 +467,7 @@ class ExecSession:
         return flow.capacity // 4 if flow.capacity > flow.initial else 0
 
     def _release_relays(self) -> None:
-        """Take both directions back from C at once (their requests are cancelled; C frees
+        """Take both directions back from the relays at once (C cancels their requests and frees
         them once it saw the completions): the session is ending."""
         release = getattr(self.loop, "release_relay", None)
         for name in ("_relay_in", "_relay_out"):
@@ -470,10 +496,9 @@ class ExecSession:
         if relay is not None and release is not None:
             release(relay)
 
-    def _on_relay_in(self, event: int, info: object, held: bytes) -> None:
-        """client -> child stdin came back from C: its counts, the bytes it held, its end."""
-        from iocp.c_relay import EVENT_EOF, EVENT_ERROR, EVENT_FULL, EVENT_SMALL, RelayInfo
-        assert isinstance(info, RelayInfo)
+    def _on_relay_in(self, event: int, info: RelayCounters, held: bytes) -> None:
+        """client -> child stdin came back from the relay: its counts, the bytes it held, its
+        end."""
         self._relay_back("_relay_in")
         self._reading_client = self._writing_child = False
         if self._aborting is not None or self._finished:
@@ -482,13 +507,13 @@ class ExecSession:
         if info.written or held:
             self._activity()
         if held:
-            if event in (EVENT_FULL, EVENT_SMALL):  # the buffer may grow or shrink
+            if event in (RELAY_FULL, RELAY_SMALL):  # the buffer may grow or shrink
                 self._in_flow.resize(self._relay_in_size, len(held), 0)
             self._to_child.append(held)
-        if event == EVENT_EOF:
+        if event == RELAY_EOF:
             self._client_eof = True
-        elif event == EVENT_ERROR:
-            error = OSError(f"NTSTATUS 0x{info.status:08X}")
+        elif event == RELAY_ERROR:
+            error = self.loop.relay_error(info.status)
             if info.failed_write:
                 log.debug("session pid %s: child stdin closed: %s", self.pid, str(error))
                 self._stdin_broken = True
@@ -498,10 +523,8 @@ class ExecSession:
                 return
         self._pump()
 
-    def _on_relay_out(self, event: int, info: object, held: bytes) -> None:
-        """child stdout -> client came back from C."""
-        from iocp.c_relay import EVENT_EOF, EVENT_ERROR, EVENT_FULL, EVENT_SMALL, RelayInfo
-        assert isinstance(info, RelayInfo)
+    def _on_relay_out(self, event: int, info: RelayCounters, held: bytes) -> None:
+        """child stdout -> client came back from the relay."""
         self._relay_back("_relay_out")
         self._reading_out = self._writing_client = False
         if self._aborting is not None or self._finished:
@@ -510,16 +533,16 @@ class ExecSession:
         if info.written or held:
             self._activity()
         if held:
-            if event in (EVENT_FULL, EVENT_SMALL):
+            if event in (RELAY_FULL, RELAY_SMALL):
                 self._out_flow.resize(self._relay_out_size, len(held), 0)
             self._to_client.append(held)
-        if event == EVENT_ERROR and info.failed_write:
-            self._client_lost(OSError(f"NTSTATUS 0x{info.status:08X}"))
+        if event == RELAY_ERROR and info.failed_write:
+            self._client_lost(self.loop.relay_error(info.status))
             return
-        if event in (EVENT_EOF, EVENT_ERROR):
-            if event == EVENT_ERROR:
-                log.debug("session pid %s: stdout read failed: NTSTATUS 0x%08X", self.pid,
-                          info.status)
+        if event in (RELAY_EOF, RELAY_ERROR):
+            if event == RELAY_ERROR:
+                log.debug("session pid %s: stdout read failed: %s", self.pid,
+                          str(self.loop.relay_error(info.status)))
             self._out_eof = True
             assert self._child is not None
             self._child.expect_exit()

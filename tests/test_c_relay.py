@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from iocp import CompletionPort, PipeIO, SocketIO, child_stdio_pipe
+from iocp import CompletionPort, PipeIO, SocketIO, c_relay, child_stdio_pipe
 from iocp.c_relay import ENDED, EVENT_EOF, EVENT_ERROR, EVENT_STOPPED, IDLE, CRelay
 from iocp.port import Completion
 from iocp.spawn import popen
@@ -317,6 +317,17 @@ def test_the_exec_loop_relays_a_direction_in_c_and_hands_it_back_on_its_event(
     assert events[1:] == []  # closing gives no event
 
 
+def test_the_c_relay_events_are_the_loop_interface_s_relay_events() -> None:
+    """The session reads a C relay's events as ``execsession.loop.RELAY_*`` (shared with the
+    selectors backend's splice relay): the numbers must be the same."""
+    from execsession import loop as loop_module
+
+    assert (c_relay.EVENT_EOF, c_relay.EVENT_ERROR, c_relay.EVENT_STOPPED, c_relay.EVENT_FULL,
+            c_relay.EVENT_SMALL) == (loop_module.RELAY_EOF, loop_module.RELAY_ERROR,
+                                     loop_module.RELAY_STOPPED, loop_module.RELAY_FULL,
+                                     loop_module.RELAY_SMALL)
+
+
 def _count_relays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the exec loop's C relays handed out (one entry per ``IocpLoop.relay`` call)."""
     from execsession.iocp_backend import IocpLoop
@@ -396,6 +407,7 @@ def test_a_failing_relay_event_callback_ends_its_session_alone(monkeypatch: pyte
     own event callback raises at the child's end of output: that session ends as
     ``internal-error``; a session open meanwhile and a new one are served as usual."""
     from execsession import session as session_module
+    from execsession.loop import RelayCounters
     from execsession.session import ExecSession
 
     from .exec_support import ECHO_CODE, ServerThread, connect, exchange, python_child, recv_all
@@ -404,7 +416,7 @@ def test_a_failing_relay_event_callback_ends_its_session_alone(monkeypatch: pyte
     original = ExecSession._on_relay_out
     victims: list[ExecSession] = []
 
-    def faulty(self: ExecSession, event: int, info: object, held: bytes) -> None:
+    def faulty(self: ExecSession, event: int, info: RelayCounters, held: bytes) -> None:
         if self in victims and event == EVENT_EOF:
             raise RuntimeError("injected failure in a relay event callback")
         original(self, event, info, held)

@@ -369,7 +369,7 @@ def test_an_internal_error_still_takes_every_child_down() -> None:
         "from execsession.server import ExecServer\n"
         "from execsession.__main__ import main\n"
         "def done(self):\n"
-        "    if any(session._bytes_out for session in self.sessions):\n"
+        "    if any(session.bytes_to_client for session in self.sessions):\n"
         "        raise RuntimeError('injected failure in the server loop')\n"
         "    return False\n"
         "ExecServer.done = property(done)\n"

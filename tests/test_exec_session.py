@@ -119,6 +119,19 @@ def test_stdin_is_transformed_and_returned_in_order() -> None:
     assert result.bytes_from_client == len(data) == result.bytes_to_client
 
 
+@pytest.fixture
+def session_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that watch the session's own buffers and flow control (pauses, peaks,
+    growing and shrinking): on POSIX the splice relay holds no bytes at all (the kernel's pipes
+    do: test_splice_relay.py), so the Python path runs there; the C relay of the IOCP backend
+    gives full and small reads back to Python, so these tests run through it under Windows."""
+    if not ON_WINDOWS:
+        from execsession import session as session_module
+
+        monkeypatch.setenv(session_module.C_RELAY_ENV, "0")
+
+
+@pytest.mark.usefixtures("session_buffers")
 def test_tiny_buffers_force_partial_transfers_and_lose_nothing() -> None:
     # Buffers of a few bytes: every read and write is partial and flow control pauses and
     # resumes constantly; the bytes must still come back complete and in order.
@@ -318,6 +331,7 @@ def test_each_timeout_kills_the_child(kind: str) -> None:
 
 
 # -- flow control --------------------------------------------------------------------------------
+@pytest.mark.usefixtures("session_buffers")
 def test_flow_control_engages_with_a_slow_reader_and_bounds_memory() -> None:
     size = 8 * 1024 * 1024
     code = f"import sys\nsys.stdout.buffer.write(b'z' * {size})\n"
@@ -338,6 +352,7 @@ def test_flow_control_engages_with_a_slow_reader_and_bounds_memory() -> None:
     assert 0 < result.peak_buffered <= config.max_buffered
 
 
+@pytest.mark.usefixtures("session_buffers")
 def test_flow_control_on_the_stdin_side() -> None:
     # The child reads nothing for a while: the client's bytes pile up in the stdin buffer,
     # which pauses the socket reader; nothing is lost once the child starts reading.
@@ -354,6 +369,7 @@ def test_flow_control_on_the_stdin_side() -> None:
 
 
 # -- buffers that grow ----------------------------------------------------------------------------
+@pytest.mark.usefixtures("session_buffers")
 def test_buffers_grow_and_a_slow_reader_keeps_memory_within_the_bound() -> None:
     # Small starting buffers and a child writing as fast as it can: the stdout buffer doubles
     # after reads that fill it, never past max_buffer; a client that reads late and slowly
@@ -377,6 +393,7 @@ def test_buffers_grow_and_a_slow_reader_keeps_memory_within_the_bound() -> None:
     assert 4096 < result.peak_buffered <= config.max_buffered
 
 
+@pytest.mark.usefixtures("session_buffers")
 def test_buffers_shrink_back_when_the_stream_goes_quiet() -> None:
     # A bulk transfer grows the buffers; the small round trips after it find them empty and
     # halve them back towards their starting size. Every byte of both phases comes back.
