@@ -34,7 +34,7 @@ from __future__ import annotations
 import sys
 
 if sys.platform == "win32":  # pragma: no cover - only posix_backend imports it
-    raise ImportError("execsession.posix_relay needs splice(2); the iocp backend relays in C")
+    raise ImportError("execsession.posix_relay needs POSIX (splice); the iocp loop relays in C")
 
 import errno
 import os

@@ -22,6 +22,7 @@ PLATFORM_MODULES = {"execsession.iocp_backend": ("win32", "needs Windows"),
                     "execsession.iocp_streams": ("win32", "needs Windows"),
                     "execsession.posix_backend": ("posix", "needs POSIX"),
                     "execsession.posix_guardian": ("posix", "needs POSIX"),
+                    "execsession.posix_relay": ("posix", "needs POSIX"),
                     "execsession.posix_spawn": ("posix", "needs POSIX")}
 """Backends that refuse to import on the other platform, on purpose, with an ImportError
 saying what they need."""
