@@ -163,6 +163,20 @@ def exchange(address: tuple[str, int], data: bytes = b"", *, half_close: bool = 
         return received
 
 
+def assert_only_the_victim_failed(server: ServerThread, bystander: socket.socket,
+                                  failed: SessionResult) -> None:
+    """After a session failed inside the server (``failed``): a session open meanwhile
+    (``bystander``) and a new one are served as usual, and ``failed`` says why."""
+    bystander.sendall(b"still here\n")
+    bystander.shutdown(socket.SHUT_WR)
+    assert recv_all(bystander) == b"still here\n"
+    assert exchange(server.address, b"next\n") == b"next\n"
+    results = server.wait_results(3)
+    assert failed.reason == "internal-error"
+    assert failed.error is not None and "injected failure" in failed.error
+    assert [r.reason for r in results[1:]] == ["exited", "exited"]
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` still runs (not a zombie waiting to be reaped)."""
     if ON_WINDOWS:

@@ -371,26 +371,32 @@ def _round_trips(address: tuple[str, int], seed: int, count: int,
     outcome[seed] = ok
 
 
+def round_trip_clients(address: tuple[str, int], sessions: int, count: int) -> None:
+    """``sessions`` clients at once, each making :func:`_round_trips` (``count``); every one
+    must end with every echo exact and in order."""
+    outcome: dict[int, bool] = {}
+    threads = [threading.Thread(target=_round_trips, daemon=True,
+                                args=(address, seed, count, outcome))
+               for seed in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+        assert not thread.is_alive()
+    assert outcome == {seed: True for seed in range(sessions)}
+
+
 def test_round_trips_of_many_sessions_at_once_come_back_exact() -> None:
     """Eight sessions at once, each 150 round trips of random sizes, some pipelined: the
     requests of a round trip complete now inline, now pending (a write completion that leaves
     the pump nothing to do skips it: session.py), and every echo comes back byte-exact and in
     order, every session ends with its child's exit, and on the IOCP backend no stray packet
     came and nothing is left to the kernel."""
-    outcome: dict[int, bool] = {}
     orphans_before = _orphans()
     with ServerThread(python_child(ECHO)) as server:
-        threads = [threading.Thread(target=_round_trips, daemon=True,
-                                    args=(server.address, seed, 150, outcome))
-                   for seed in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT * 3)
-            assert not thread.is_alive()
+        round_trip_clients(server.address, 8, 150)
         results = server.wait_results(8, timeout=WAIT * 2)
         port = getattr(server.loop, "port", None)
-    assert outcome == {seed: True for seed in range(8)}
     assert sorted(result.reason for result in results) == ["exited"] * 8
     if port is not None:
         assert port.stray_completions == 0

@@ -261,7 +261,7 @@ def test_exec_sessions_relay_by_splice_by_default_and_come_back_exact(
     from execsession import session as session_module
     from execsession.posix_backend import SelectorLoop
 
-    from .test_exec_relay_paths import _round_trips
+    from .test_exec_relay_paths import round_trip_clients
 
     monkeypatch.delenv(session_module.C_RELAY_ENV, raising=False)
     handed: list[int] = []
@@ -273,20 +273,11 @@ def test_exec_sessions_relay_by_splice_by_default_and_come_back_exact(
         return relay
 
     monkeypatch.setattr(SelectorLoop, "relay", counting)
-    outcome: dict[int, bool] = {}
     data = random.Random(8).randbytes(8 * 1024 * 1024)
     with ServerThread(python_child(ECHO_CODE)) as server:
-        threads = [threading.Thread(target=_round_trips, daemon=True,
-                                    args=(server.address, seed, 100, outcome))
-                   for seed in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT * 2)
-            assert not thread.is_alive()
+        round_trip_clients(server.address, 4, 100)
         assert exchange(server.address, data) == data
         results = server.wait_results(5, timeout=WAIT * 2)
-    assert outcome == {seed: True for seed in range(4)}
     assert sorted(result.reason for result in results) == ["exited"] * 5
     [bulk] = [r for r in results if r.bytes_from_client == len(data)]
     assert bulk.bytes_to_client == len(data)
