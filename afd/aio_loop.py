@@ -69,10 +69,18 @@ class _LoopSelector(AfdSelector):
         self._just_dequeued = False
         self._io_seen = False
         self._receives: collections.deque[Callable[[], None]] = collections.deque()
+        self._flushes: collections.deque[Callable[[], None]] = collections.deque()
+        self.ready: collections.deque[Any] = collections.deque()
+        """The loop's ready callbacks (``AfdEventLoop`` puts its own deque here): a flush that
+        made callbacks ready must not be followed by a wait."""
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        """As :meth:`AfdSelector.select`, with two changes that save wineserver round trips.
+        """As :meth:`AfdSelector.select`, with three changes that save wineserver round trips.
 
+        - First the writes socket transports queued since the last call go out, one send per
+          transport (:meth:`want_flush`): every ready callback of the turn has run, so all a
+          protocol wrote in it leaves in one call. If that made callbacks ready (a protocol
+          resumed, a connection lost), the call does not wait.
         - A zero-timeout call right after a call that found I/O returns ``[]`` without asking
           the kernel, at most :data:`MAX_SKIPPED_POLLS` times in a row: the loop asks with
           timeout 0 whenever callbacks are ready, which after a batch of I/O is nearly always,
@@ -86,6 +94,10 @@ class _LoopSelector(AfdSelector):
           with no packet, no wait and no dequeue (ACTIVE_KB AS2). Once one delivered data, the
           loop runs the callbacks that woke before asking the kernel.
         """
+        if self._flushes:
+            self.flush()
+            if self.ready:
+                timeout = 0
         idle = timeout is None or timeout > 0
         if (not idle and self._just_dequeued and self._polls_skipped < MAX_SKIPPED_POLLS):
             self._polls_skipped += 1
@@ -106,6 +118,18 @@ class _LoopSelector(AfdSelector):
         :meth:`select` that may issue receives."""
         self._receives.append(receive)
 
+    def want_flush(self, flush: Callable[[], None]) -> None:
+        """Call ``flush`` (a transport sending what it was written) at the start of the next
+        :meth:`select`, or at :meth:`flush`."""
+        self._flushes.append(flush)
+
+    def flush(self) -> None:
+        """Send every transport's queued writes now (each flush is taken off the queue before
+        it runs: if one raises, the others stay queued for the next call)."""
+        flushes = self._flushes
+        while flushes:
+            flushes.popleft()()
+
     def _issue_receives(self, stop_at_data: bool) -> bool:
         """Issue the receives wanted when this began, in order (``stop_at_data``: until one
         delivers data inline); whether one did."""
@@ -119,6 +143,7 @@ class _LoopSelector(AfdSelector):
 
     def close(self) -> None:
         self._receives.clear()  # transports' bound methods: let them go with the loop
+        self._flushes.clear()
         super().close()
 
     def io_seen(self) -> None:
@@ -146,6 +171,7 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
             raise
         self._children = ChildWatcher(self._port)
         super().__init__(selector)
+        selector.ready = self._ready  # type: ignore[attr-defined]
 
     # -- the one port --------------------------------------------------------------------
     @property
@@ -165,6 +191,11 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
         """Issue a socket transport's next receive when the loop is idle (``_LoopSelector``)."""
         self._selector.want_receive(receive)  # type: ignore[attr-defined]
 
+    def _want_flush(self, flush: Callable[[], None]) -> None:
+        """Send a socket transport's queued writes before the loop next polls
+        (``_LoopSelector``)."""
+        self._selector.want_flush(flush)  # type: ignore[attr-defined]
+
     def _dispatch(self, completion: Completion) -> None:
         if completion.key == IO_KEY:
             operation = completion.operation
@@ -181,16 +212,22 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
             pass  # closed: nothing to wake
 
     def run_forever(self) -> None:
-        """Run until ``stop()``; in the main thread, a signal (Ctrl-C) wakes the wait at once."""
-        csock = getattr(self, "_csock", None)
-        if csock is None or threading.current_thread() is not threading.main_thread():
-            super().run_forever()
-            return
-        previous = signal.set_wakeup_fd(csock.fileno(), warn_on_full_buffer=False)
+        """Run until ``stop()``; in the main thread, a signal (Ctrl-C) wakes the wait at once.
+        Writes the last turn queued are sent before it returns (a caller that stops the loop
+        and waits for the peer's answer outside it gets one)."""
         try:
-            super().run_forever()
+            csock = getattr(self, "_csock", None)
+            if csock is None or threading.current_thread() is not threading.main_thread():
+                super().run_forever()
+                return
+            previous = signal.set_wakeup_fd(csock.fileno(), warn_on_full_buffer=False)
+            try:
+                super().run_forever()
+            finally:
+                signal.set_wakeup_fd(previous)
         finally:
-            signal.set_wakeup_fd(previous)
+            if not self.is_closed() and not self.is_running():  # not another run's turn
+                self._selector.flush()  # type: ignore[attr-defined]
 
     # -- sockets -------------------------------------------------------------------------
     def _socket_io(self, sock: socket.socket) -> SocketIO | None:

@@ -10,8 +10,15 @@
   collected). The protocol only ever sees copies: ``data_received`` gets ``bytes``, and a
   ``BufferedProtocol``'s ``get_buffer()`` memory is filled by a copy after the receive
   completed — no Python object's address is handed to the kernel.
-- **One receive and one send in flight.** While a send is pending, further writes are appended
-  to a buffer that goes out as one ``WSASend`` when it completes.
+- **One receive and one send in flight; a turn's writes go out as one send.** ``write()`` only
+  queues its bytes (a ``bytes`` argument is kept as it is, anything else copied, since the
+  caller may change it), and the loop flushes each transport's queue as one ``WSASend`` before
+  it next polls, i.e. after every ready callback of the turn ran (``_want_flush``), and again
+  when ``run_forever`` returns, so a write is never left unsent by a stopped loop. A protocol
+  that writes several times per turn (a stream relaying one big receive in 64 KiB writes, a
+  header and a body) makes one call instead of several: under Wine each call is about three
+  wineserver round trips, on Windows a kernel transition (ACTIVE_KB AS11). While a send is
+  pending, writes queue behind it and go out as one ``WSASend`` when it completes.
 - **Inline completions, and when a receive is issued.** The socket gets skip-on-success when
   it is its own base handle (``iocp.socket_io.skip_is_safe``): a receive that finds data, or a
   send the socket buffer takes, returns ``COMPLETED`` with no packet, no wait and no dequeue
@@ -135,7 +142,13 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         self._eof = False  # the peer's end of data was seen
         # writing
         self._write_op: WriteOperation | None = None
+        self._queue: list[bytes] = []  # written, not yet sent (behind the send in flight)
+        self._queued = 0  # their bytes
+        self._flush_wanted = False  # the loop will call _flush before it next polls
+        self._want_flush: Callable[[Callable[[], None]], None] = (
+            loop._want_flush)  # type: ignore[attr-defined]
         self._eof_requested = False  # write_eof() called
+        self._eof_sent = False  # shutdown(SHUT_WR) done
         if server is not None:
             server._attach()
         loop._transports[self._sock_fd] = self  # type: ignore[attr-defined]
@@ -253,11 +266,35 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         self._check_write(data, self._eof_requested)
         if not data or self._lost:
             return  # lost: asyncio transports drop such writes (drain() then raises)
-        if self._write_op is None and not self._buffer:
-            self._send(data)
-        else:
-            self._buffer += data
+        chunk = data if type(data) is bytes else bytes(data)
+        self._queue.append(chunk)
+        self._queued += len(chunk)
+        if self._write_op is None and not self._flush_wanted:
+            self._flush_wanted = True
+            self._want_flush(self._flush)
         self._maybe_pause_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._in_flight + self._queued
+
+    def _flush(self) -> None:
+        """Send what was written as one ``WSASend`` (the loop calls this before it polls; a
+        completed send calls it at once). With nothing in flight afterwards, the protocol
+        may write again and a pending close or ``write_eof`` goes ahead."""
+        self._flush_wanted = False
+        if self._write_op is not None or self._lost:
+            return
+        queue = self._queue
+        if queue:
+            data = queue[0] if len(queue) == 1 else b"".join(queue)
+            self._queue = []
+            self._queued = 0
+            self._send(data)
+            if self._lost:
+                return
+        self._maybe_resume_protocol()
+        if self._write_op is None:
+            self._flushed()
 
     def _write_completed(self, operation: WriteOperation) -> None:
         in_flight, self._in_flight = self._in_flight, 0
@@ -269,22 +306,15 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
                               "Fatal write error on socket transport")
             return
         sent = operation.information
-        rest = b""
         if sent < in_flight:  # a partial completion: send what is left first
             buffer = operation.buffer
             assert buffer is not None
             rest = ctypes.string_at(ctypes.addressof(buffer) + sent, in_flight - sent)
+            self._queue.insert(0, rest)
+            self._queued += len(rest)
         else:
             self._keep_spare(operation)
-        if rest or self._buffer:
-            data = rest + bytes(self._buffer)
-            self._buffer.clear()
-            self._send(data)
-            if self._lost:
-                return
-        self._maybe_resume_protocol()
-        if self._write_op is None:
-            self._flushed()
+        self._flush()
 
     def _flushed(self) -> None:
         """Every byte written so far is sent: finish a pending close or write_eof."""
@@ -295,8 +325,9 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
 
     def _shutdown(self) -> None:
         sock = self._sock
-        if sock is None:
+        if sock is None or self._eof_sent:
             return
+        self._eof_sent = True
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -309,7 +340,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
         if self._closing or self._eof_requested:
             return
         self._eof_requested = True
-        if self._write_op is None and not self._buffer:
+        if self._write_op is None and not self._queue:
             self._shutdown()
 
     # -- completions, closing --------------------------------------------------------------
@@ -327,7 +358,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
             return
         self._closing = True
         self._cancel(self._read_op)
-        if self._write_op is None and not self._buffer:
+        if self._write_op is None and not self._queue:
             self._lose(None)
 
     def abort(self) -> None:
@@ -336,7 +367,8 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
     def _abort(self, exc: Exception | None) -> None:
         if self._lost:
             return
-        self._buffer.clear()
+        self._queue.clear()
+        self._queued = 0
         self._cancel(self._write_op)
         self._cancel(self._read_op)
         self._lose(exc)

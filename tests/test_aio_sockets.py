@@ -588,3 +588,79 @@ def test_the_inline_path_is_taken() -> None:
         server.close()
 
     run(main)
+
+
+def test_the_writes_of_one_turn_leave_as_one_send() -> None:
+    """A protocol that answers each message with five writes (bytes, a bytearray it then
+    changes, a memoryview, ...) makes one ``WSASend`` per message, not five, and the peer gets
+    every byte as it was when written."""
+    messages = 60
+
+    class Answer(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            for _ in range(len(data) // 16):
+                scratch = bytearray(b"B" * 100)
+                self.transport.write(b"A" * 100)
+                self.transport.write(scratch)
+                scratch[:] = b"x" * 100  # written already: the peer must still get B's
+                self.transport.write(memoryview(b"C" * 300)[100:200])
+                self.transport.write(b"D" * 100)
+                self.transport.write(bytearray(b"E" * 100))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        protocol = Answer()
+        server, client = await _serve(protocol)
+        with client:
+            io = protocol.transport._io
+            original = io.write
+            sends = 0
+
+            def counting(*args: Any, **kwargs: Any) -> Any:
+                nonlocal sends
+                sends += 1
+                return original(*args, **kwargs)
+
+            io.write = counting
+            answer = b"A" * 100 + b"B" * 100 + b"C" * 100 + b"D" * 100 + b"E" * 100
+            for _ in range(messages):
+                await loop.sock_sendall(client, b"q" * 16)
+                assert await _recv_exactly(client, len(answer)) == answer
+            assert 1 <= sends <= messages, sends  # five per message without the queue
+            protocol.transport.close()
+            assert await protocol.lost is None
+        server.close()
+
+    run(main)
+
+
+def test_a_write_made_just_before_the_loop_stops_is_sent() -> None:
+    """Writes go out before the loop next polls; a loop stopped in the same turn (no poll
+    follows) still sends them before ``run_forever`` returns: the peer, read outside any loop,
+    gets the bytes."""
+    loop = asyncio_loop.new_event_loop()
+    try:
+        listener = socket.create_server(("127.0.0.1", 0))
+        with listener:
+            async def connect() -> asyncio.StreamWriter:
+                _, writer = await asyncio.open_connection(*listener.getsockname())
+                return writer
+
+            writer = loop.run_until_complete(connect())
+            assert _transport_type(writer) == "SocketTransport"
+            peer, _ = listener.accept()
+            with peer:
+                def write_and_stop() -> None:
+                    writer.write(b"sent before the loop stopped")
+                    loop.stop()
+
+                loop.call_soon(write_and_stop)
+                loop.run_forever()
+                peer.settimeout(20)
+                assert peer.recv(100) == b"sent before the loop stopped"
+                writer.close()
+                loop.run_until_complete(writer.wait_closed())
+        assert loop.port.stray_completions == 0  # type: ignore[attr-defined]
+    finally:
+        loop.close()
