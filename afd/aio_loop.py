@@ -26,8 +26,9 @@ only when it would block; a receive that has to wait costs the same wineserver r
 way under Wine (about 7: ACTIVE_KB AS7), and an overlapped call would tie a socket the caller
 still owns to this port for good.
 
-The selector (``_LoopSelector``) also decides when socket transports' receives are issued (at
-idle, in order) and skips zero-timeout polls right after I/O: see its ``select``.
+The selector (``_LoopSelector``) also sends what socket transports were written in a turn
+(one send per transport, before it polls), decides when their receives are issued (at idle, in
+order) and skips zero-timeout polls right after I/O: see its ``select``.
 """
 
 from __future__ import annotations
