@@ -47,7 +47,14 @@
   flight that completes meanwhile is held and delivered (through ``call_soon``) on
   ``resume_reading``. No ``data_received`` is ever called while paused.
 - **Write flow control** is asyncio's (``afd.aio_transport``): ``pause_writing`` above the
-  high-water mark of bytes not yet sent (in flight + buffered), ``resume_writing`` at the low.
+  high-water mark of bytes not yet sent (in flight + queued), ``resume_writing`` at the low.
+  The default high-water mark is :data:`WRITE_HIGH_WATER` (256 KiB; the low one a quarter of
+  it), not the stdlib transports' 64 KiB: asyncio leaves the default to the implementation,
+  and since a turn's writes leave as one send, it is also how much a writer that does not
+  wait (``write`` then ``drain``, which only waits when paused) puts in one call. A stream
+  writing 64 KiB blocks then makes one ``WSASend`` per 320 KiB instead of per 128 KiB
+  (ACTIVE_KB AS11). ``set_write_buffer_limits`` sets other limits as usual; the price is up
+  to that much more memory held per connection whose peer does not read.
 - **Half-close.** ``write_eof`` is ``shutdown(SHUT_WR)`` once every buffered byte is sent. A
   receive of 0 bytes is the peer's end: ``eof_received``, and unless it returns true the
   transport closes; if it returns true no further receive is issued but writing goes on.
@@ -78,7 +85,7 @@ from ntdll import status as ntstatus
 
 from .aio_transport import CompletionTransport, WriteFlowControl, set_result_unless_cancelled
 
-__all__ = ["READ_MAX", "READ_SIZE", "SocketTransport", "make_ssl_transport"]
+__all__ = ["READ_MAX", "READ_SIZE", "WRITE_HIGH_WATER", "SocketTransport", "make_ssl_transport"]
 
 READ_SIZE = 16 * 1024
 """Bytes asked by a transport's first receive; a receive that fills its buffer doubles the
@@ -86,6 +93,9 @@ next one's size, up to :data:`READ_MAX` (a quiet connection keeps a small buffer
 one moves more per request)."""
 
 READ_MAX = 256 * 1024
+
+WRITE_HIGH_WATER = 256 * 1024
+"""A socket transport's default write high-water mark (module essay, "Write flow control")."""
 
 _RESET = frozenset({ntstatus.STATUS_CONNECTION_RESET, ntstatus.STATUS_REMOTE_DISCONNECT,
                     ntstatus.STATUS_LOCAL_DISCONNECT})
@@ -125,6 +135,7 @@ class SocketTransport(CompletionTransport, WriteFlowControl, asyncio.Transport):
                 extra["peername"] = None
         super().__init__(loop, protocol, extra)
         self._init_flow_control()
+        self._set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._sock: socket.socket | None = sock
         self._sock_fd = sock.fileno()
         self._io = io

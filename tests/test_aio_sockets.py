@@ -664,3 +664,43 @@ def test_a_write_made_just_before_the_loop_stops_is_sent() -> None:
         assert loop.port.stray_completions == 0  # type: ignore[attr-defined]
     finally:
         loop.close()
+
+
+def test_a_writer_that_does_not_wait_fills_the_high_water_mark_per_send() -> None:
+    """The default limits are (64 KiB, 256 KiB): a ``write`` + ``drain`` loop of 64 KiB blocks
+    (``drain`` waits only when paused) puts five blocks in each send, every byte arriving."""
+    blocks = 40
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        protocol = Recorder()
+        server = await loop.create_server(lambda: protocol, "127.0.0.1", 0)
+        async with server:
+            _, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            assert writer.transport.get_write_buffer_limits() == (64 * 1024, 256 * 1024)
+            io = writer.transport._io  # type: ignore[attr-defined]
+            original = io.write
+            sizes: list[int] = []
+
+            def recording(data: Any, *args: Any, **kwargs: Any) -> Any:
+                sizes.append(len(data))
+                return original(data, *args, **kwargs)
+
+            io.write = recording
+            payload = os.urandom(blocks * 64 * 1024)
+            for offset in range(0, len(payload), 64 * 1024):
+                writer.write(payload[offset:offset + 64 * 1024])
+                await writer.drain()
+            for _ in range(1000):
+                if len(protocol.data) == len(payload):
+                    break
+                await asyncio.sleep(0.01)
+            assert bytes(protocol.data) == payload
+            assert sum(sizes) == len(payload)
+            assert max(sizes) >= 5 * 64 * 1024, sizes
+            assert len(sizes) <= blocks // 4, sizes
+            writer.close()
+            await writer.wait_closed()
+            assert await protocol.lost is None
+
+    run(main)
