@@ -14,7 +14,8 @@ For each server (a separate process on 127.0.0.1, serving every client with a fr
 * latency: 64-byte round trips on one connection (median and p99, microseconds);
 * CPU seconds per GiB relayed (Linux: the server's process tree, children included, so
   ``cat``'s own share is in every figure; Windows: the server process alone);
-* concurrency: ``--sessions`` clients connected at once, each echoing one line; errors counted.
+* concurrency: ``--sessions`` clients connected at once, each echoing one line; errors counted;
+  ``--session-rounds`` runs per server, the servers in turn, median seconds.
 
 Ratios are ntafd-exec's figure over each other server's (throughput: higher is better for
 ntafd-exec; latency and CPU: lower is). Every loop is bounded in time and count. Figures from
@@ -73,6 +74,7 @@ class Figures:
     sessions_ok: int = 0
     sessions_failed: int = 0
     sessions_seconds: float = 0.0
+    sessions_runs: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -313,12 +315,11 @@ def concurrency(port: int, sessions: int) -> tuple[int, int, float]:
     return ok, failed, time.perf_counter() - start
 
 
-def measure(name: str, command: Callable[[int], list[str]], args: argparse.Namespace,
-            concurrency_argv: Callable[[int], list[str]] | None = None) -> Figures:
+def measure(name: str, command: Callable[[int], list[str]], args: argparse.Namespace) -> Figures:
+    """Throughput, CPU per GiB and round trips of one server (one server process)."""
     figures = Figures(name)
     port = free_port()
     argv = command(port)
-    rebind = command
     size = args.size * 1024 * 1024
     server = start_server(argv, port)
     try:
@@ -346,16 +347,24 @@ def measure(name: str, command: Callable[[int], list[str]], args: argparse.Names
         figures.rtt_p99_us = sorted(times)[int(len(times) * 0.99) - 1] * 1e6
     finally:
         stop_server(server)
-    if args.sessions:
-        port = free_port()  # the first port may still have connections in TIME_WAIT
-        server = start_server(
-            concurrency_argv(port) if concurrency_argv is not None else rebind(port), port)
-        try:
-            (figures.sessions_ok, figures.sessions_failed,
-             figures.sessions_seconds) = concurrency(port, args.sessions)
-        finally:
-            stop_server(server)
     return figures
+
+
+def measure_sessions(figures: Figures, command: Callable[[int], list[str]],
+                     args: argparse.Namespace) -> None:
+    """One run of the concurrent-sessions phase on a fresh server (a fresh port: the first
+    may still have connections in TIME_WAIT); ``figures.sessions_seconds`` is the median of
+    the runs so far and the failures their sum."""
+    port = free_port()
+    server = start_server(command(port), port)
+    try:
+        ok, failed, seconds = concurrency(port, args.sessions)
+    finally:
+        stop_server(server)
+    figures.sessions_runs.append(seconds)
+    figures.sessions_seconds = statistics.median(figures.sessions_runs)
+    figures.sessions_ok += ok
+    figures.sessions_failed += failed
 
 
 # -- an asyncio Proactor relay (the Wine comparison) ---------------------------------------------
@@ -521,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="throughput runs (best counts)")
     parser.add_argument("--round-trips", type=int, default=500 if ON_WINDOWS else 2000)
     parser.add_argument("--sessions", type=int, default=200 if ON_WINDOWS else 1000)
+    parser.add_argument("--session-rounds", type=int, default=3,
+                        help="runs of the sessions phase per server, servers in turn (median)")
     parser.add_argument("--json", help="also write the figures for bench/report.py here")
     parser.add_argument("--wine-requests", action="store_true",
                         help="(Linux) count the wineserver requests of each Wine server per "
@@ -588,9 +599,15 @@ def main(argv: Sequence[str] | None = None) -> int:
              lambda port: [python, __file__, "--threaded-server", str(port), "--", "cat"],
              None),
         ]
-    for name, command, light_command in runs:
+    for name, command, _ in runs:
         print(f"measuring {name} ...", flush=True)
-        results.append(measure(name, command, args, light_command))
+        results.append(measure(name, command, args))
+    # Concurrent sessions are timed in turns (every server once per round): on a shared machine
+    # minutes of changing load would otherwise land on one server (ACTIVE_KB SB1).
+    for round_index in range(args.session_rounds if args.sessions else 0):
+        for figures, (name, command, light_command) in zip(results, runs, strict=True):
+            print(f"{args.sessions} sessions, round {round_index + 1}: {name} ...", flush=True)
+            measure_sessions(figures, light_command or command, args)
     report(results, args)
     if args.json:
         write_json(results, args)
@@ -621,8 +638,8 @@ def write_json(all_figures: list[Figures], args: argparse.Namespace) -> None:
                            [figures.cpu_per_gib], note="the server's process tree")
         if args.sessions:
             results.record("exec_relay", f"{args.sessions} concurrent sessions", figures.name,
-                           "s", "lower", [figures.sessions_seconds],
-                           note=f"{figures.sessions_failed} failed")
+                           "s", "lower", figures.sessions_runs or [figures.sessions_seconds],
+                           note=f"{figures.sessions_failed} failed; servers in turn")
     results.write(args.json)
 
 
