@@ -10,7 +10,9 @@ subjects of a case run in turn, one run each per round):
 - ``streaming``: one connection, 64 KiB writes echoed back while the client keeps writing,
   MB/s of echoed data;
 - ``1000 connections``: 1,000 clients connect at once and do 3 round trips each, seconds for
-  all of it. ``select()`` cannot take 2,000 sockets: that figure is its error;
+  all of it, until the server has seen every client's end too (its handlers, threads or tasks
+  all finished: a loop that lets the clients finish first has not done the work yet).
+  ``select()`` cannot take 2,000 sockets: that figure is its error;
 - ``subprocess cat``: 16 MiB written to a Python ``cat`` child's stdin while its stdout is
   read, MB/s (the loops with subprocesses, and ``subprocess.Popen`` with two threads). The clock
   starts once a first 64 KiB block has come back: the child's start-up (~0.09 s under Wine, a
@@ -166,8 +168,8 @@ async def _asyncio_many() -> float:
             await writer.wait_closed()
 
         await asyncio.wait_for(asyncio.gather(*(client() for _ in range(CONNECTIONS))), 120)
+        await _handlers_finished()  # the server's side of the work is part of the figure
         elapsed = time.perf_counter() - started
-        await _handlers_finished()
         return elapsed
 
 
@@ -254,13 +256,17 @@ def _asyncio_runner(make_loop: Callable[[], asyncio.AbstractEventLoop]
 def _trio_case(case: str) -> float:
     trio = import_trio()
 
+    handlers = [0]  # echo handlers running
+
     async def echo(stream: Any) -> None:
+        handlers[0] += 1
         try:
             while data := await stream.receive_some(CHUNK):
                 await stream.send_all(data)
         except trio.BrokenResourceError:
             pass
         finally:
+            handlers[0] -= 1
             await stream.aclose()
 
     async def main() -> float:
@@ -328,6 +334,8 @@ def _trio_case(case: str) -> float:
             async with trio.open_nursery() as clients:
                 for _ in range(CONNECTIONS):
                     clients.start_soon(client)
+            while handlers[0]:  # until the server saw every client's end
+                await trio.sleep(0.001)
         return time.perf_counter() - started
 
     result: float = trio.run(main)
@@ -429,6 +437,9 @@ def _threads_case(case: str) -> float:
             thread.join(120)
         if errors:
             raise errors[0]
+        acceptor.join(60)
+        for worker in workers:  # until the server saw every client's end
+            worker.join(60)
         return time.perf_counter() - started
     finally:
         listener.close()
