@@ -704,3 +704,64 @@ def test_a_writer_that_does_not_wait_fills_the_high_water_mark_per_send() -> Non
             assert await protocol.lost is None
 
     run(main)
+
+
+def test_open_connection_connects_by_connect_ex_and_a_callers_socket_stays_unbound_to_the_port(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sockets ``open_connection`` makes connect by ``ConnectEx`` on the loop's port (no
+    readiness poll) and their transport keeps the same ``SocketIO``; a refused connect raises
+    ``ConnectionRefusedError``; a socket the caller passes to ``sock_connect`` is connected the
+    selector loop's way and is not associated with the port (another port can take it)."""
+    from iocp import CompletionPort, SocketIO
+
+    connects: list[Any] = []
+    original = SocketIO.connect
+
+    def counting(self: SocketIO, *args: Any, **kwargs: Any) -> Any:
+        connects.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SocketIO, "connect", counting)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read(100))
+        writer.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        baseline = loop.port.pending_count  # type: ignore[attr-defined]
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        async with server:
+            for index in range(3):
+                reader, writer = await asyncio.open_connection(*address)
+                assert _transport_type(writer) == "SocketTransport"
+                assert writer.transport._io is connects[-1]  # type: ignore[attr-defined]
+                assert writer.get_extra_info("peername") == address
+                writer.write(b"hello %d" % index)
+                assert await reader.read() == b"hello %d" % index
+                writer.close()
+                await writer.wait_closed()
+            assert len(connects) == 3
+            mine = socket.socket()
+            with mine:
+                mine.setblocking(False)
+                await loop.sock_connect(mine, address)
+                assert len(connects) == 3
+                other = CompletionPort()
+                try:
+                    SocketIO(other, mine, 1).close()  # associable: not the loop's
+                finally:
+                    other.close()
+        with socket.create_server(("127.0.0.1", 0)) as gone:
+            closed = gone.getsockname()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(*closed)
+        assert len(connects) == 4
+        for _ in range(100):
+            if loop.port.pending_count == baseline:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
+        assert loop.port.pending_count == baseline  # type: ignore[attr-defined]
+
+    run(main)

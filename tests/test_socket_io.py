@@ -271,3 +271,67 @@ def test_random_chunks_both_ways_keep_every_byte(port: CompletionPort) -> None:
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(outgoing).digest()
     assert inline > 0 and pending > 0
     assert port.stray_completions == 0 and port.pending_count == 0
+
+
+# -- ConnectEx ------------------------------------------------------------------------------
+def _connect(port: CompletionPort, io: SocketIO, address: tuple[str, int]) -> Operation:
+    operation = io.connect(socket.AF_INET, address, tag="connect")
+    if operation.pending:
+        wait_for(port, operation)
+    return operation
+
+
+def test_connect_completes_on_the_port_and_the_socket_then_works(port: CompletionPort) -> None:
+    """``ConnectEx`` on a bound socket: completed (inline or through the port), then
+    ``SO_UPDATE_CONNECT_CONTEXT`` makes it a normal connected socket: its peer name, and a
+    receive and a send on the same ``SocketIO``."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as ours:
+        ours.bind(("127.0.0.1", 0))
+        io = SocketIO(port, ours, KEY)
+        operation = _connect(port, io, listener.getsockname())
+        io.connect_result(operation)
+        assert operation.succeeded
+        ours.setsockopt(socket.SOL_SOCKET, 0x7010, b"")  # SO_UPDATE_CONNECT_CONTEXT
+        assert ours.getpeername() == listener.getsockname()
+        peer, _ = listener.accept()
+        with peer:
+            peer.settimeout(WAIT)
+            sent = io.write(b"over ConnectEx")
+            if sent.pending:
+                wait_for(port, sent)
+            assert peer.recv(100) == b"over ConnectEx"
+            peer.sendall(b"back")
+            settle()
+            received = io.read(100)
+            if received.pending:
+                wait_for(port, received)
+            assert received.data == b"back"
+    assert port.pending_count == 0 and port.stray_completions == 0
+
+
+def test_a_refused_connect_raises_connection_refused(port: CompletionPort) -> None:
+    """Nobody listening: the completion fails, and ``connect_result`` raises what the
+    Proactor loop raises (``ConnectionRefusedError``, the WSA error Winsock maps it to)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = listener.getsockname()
+    with socket.socket() as ours:
+        ours.bind(("127.0.0.1", 0))
+        io = SocketIO(port, ours, KEY)
+        operation = _connect(port, io, address)
+        assert not operation.succeeded
+        with pytest.raises(ConnectionRefusedError):
+            io.connect_result(operation)
+    assert port.pending_count == 0
+
+
+def test_connect_refuses_an_unbound_socket_and_a_name_before_any_request(
+        port: CompletionPort) -> None:
+    """``ConnectEx`` needs a bound socket: the call fails at once (an ``OSError``, no request
+    left pending); a host name (not a numeric address) is refused before any call."""
+    with socket.socket() as ours:
+        io = SocketIO(port, ours, KEY)
+        with pytest.raises(OSError):
+            io.connect(socket.AF_INET, ("127.0.0.1", 9))
+        with pytest.raises(ValueError, match="numeric"):
+            io.connect(socket.AF_INET, ("localhost", 9))
+    assert port.pending_count == 0 and port.stray_completions == 0

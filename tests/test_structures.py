@@ -99,3 +99,25 @@ def test_poll_info_reads_only_the_handles_the_kernel_reported() -> None:
 
 def test_default_timeout_is_never() -> None:
     assert build_poll_info([(4, 1)]).Timeout == NO_TIMEOUT == 2**63 - 1
+
+
+def test_sockaddr_in_and_in6_have_the_windows_layout() -> None:
+    """What ``ConnectEx`` reads: ``SOCKADDR_IN`` (family little-endian, port big-endian, the
+    address, 8 zero bytes) and ``SOCKADDR_IN6`` (family, port, flowinfo, address, scope id);
+    anything that is not a numeric address of the family is refused."""
+    import socket
+
+    from iocp.socket_io import sockaddr
+
+    family4 = struct.pack("<H", socket.AF_INET)
+    assert bytes(sockaddr(socket.AF_INET, ("127.0.0.1", 0x1234))) == (
+        family4 + b"\x12\x34\x7f\x00\x00\x01" + bytes(8))
+    family6 = struct.pack("<H", socket.AF_INET6)
+    assert bytes(sockaddr(socket.AF_INET6, ("::1", 80, 7, 3))) == (
+        family6 + b"\x00\x50" + b"\x00\x00\x00\x07" + bytes(15) + b"\x01" + b"\x03\x00\x00\x00")
+    assert len(sockaddr(socket.AF_INET6, ("fe80::1", 1))) == 28
+    for family, address in ((socket.AF_INET, ("localhost", 1)), (socket.AF_INET, ("::1", 1)),
+                            (socket.AF_INET6, ("127.0.0.1", 1)), (-1, "/tmp/x"),
+                            (socket.AF_INET, ("127.0.0.1", 70000))):
+        with pytest.raises(ValueError):
+            sockaddr(family, address)
