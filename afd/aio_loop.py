@@ -4,12 +4,8 @@ based socket transports, subprocesses and pipes, all on one completion port.
 It is an ``asyncio.SelectorEventLoop`` (libraries such as aiodns and psycopg check that) whose
 selector is an :class:`~afd.AfdSelector` running on the loop's :class:`~afd.aio_port.LoopPort`:
 
-- ``add_reader`` / ``add_writer``, accepting connections and the ``sock_*`` methods are the
-  selector loop's, on AFD polls (no 512-socket ceiling);
-- the sockets ``create_connection`` / ``open_connection`` make themselves connect with
-  ``ConnectEx`` on the port (``iocp.SocketIO.connect``): no readiness poll per connect. They
-  become ``SocketTransport`` s on this port anyway; a socket the caller hands to
-  ``sock_connect`` stays readiness-based (see below);
+- ``add_reader`` / ``add_writer``, accepting connections, connecting and the ``sock_*`` methods
+  are the selector loop's, on AFD polls (no 512-socket ceiling);
 - connected stream sockets (servers, ``create_connection``, ``open_connection``,
   ``connect_accepted_socket``, and the raw socket under TLS) get ``afd.aio_sockets``'
   :class:`~afd.aio_sockets.SocketTransport`: overlapped ``WSARecv`` / ``WSASend`` with
@@ -39,17 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import selectors
 import signal
 import socket
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
-from iocp import WAKEUP_KEY, Completion, Operation, OperationState, PortClosedError, SocketIO
-from iocp.socket_io import SO_UPDATE_CONNECT_CONTEXT
+from iocp import WAKEUP_KEY, Completion, PortClosedError, SocketIO
 
 from .aio_pipes import ChildPipe, ReadPipeTransport, WritePipeTransport
 from .aio_port import IO_KEY, JOB_KEY, LoopPort
@@ -63,27 +56,6 @@ __all__ = ["MAX_SKIPPED_POLLS", "AfdEventLoop"]
 MAX_SKIPPED_POLLS = 4
 """Zero-timeout polls skipped in a row after a dequeue that found something (so ready callbacks
 that keep scheduling callbacks still see new I/O every few iterations)."""
-
-
-_OWN_CONNECT: contextvars.ContextVar[bool] = contextvars.ContextVar("ntafd_own_connect",
-                                                                    default=False)
-"""Set while ``create_connection`` connects a socket it made itself (``_connect_sock``)."""
-
-
-class _Connect:
-    """The tag of a pending ``ConnectEx``: resolves the waiting future when the loop
-    dispatches its completion (a cancelled waiter's completion is dropped)."""
-
-    __slots__ = ("future", "io")
-
-    def __init__(self, io: SocketIO, future: asyncio.Future[None]) -> None:
-        self.io = io
-        self.future = future
-
-    def _completed(self, operation: Operation) -> None:
-        self.io.completed(operation)
-        if not self.future.done():
-            self.future.set_result(None)
 
 
 class _LoopSelector(AfdSelector):
@@ -199,8 +171,6 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
             self._port.close()
             raise
         self._children = ChildWatcher(self._port)
-        self._connected_io: weakref.WeakKeyDictionary[socket.socket, SocketIO] = (
-            weakref.WeakKeyDictionary())  # sockets connected by ConnectEx, for their transport
         super().__init__(selector)
         selector.ready = self._ready  # type: ignore[attr-defined]
 
@@ -262,57 +232,12 @@ class AfdEventLoop(asyncio.SelectorEventLoop):
 
     # -- sockets -------------------------------------------------------------------------
     def _socket_io(self, sock: socket.socket) -> SocketIO | None:
-        """The socket's overlapped I/O on the loop's port (the one its ``ConnectEx`` used, if
-        the loop connected it), or ``None`` if it cannot be associated (another port has it):
-        it then gets the selector loop's transport."""
-        io = self._connected_io.pop(sock, None)
-        if io is not None and io.handle == sock.fileno():
-            return io
+        """The socket's overlapped I/O on the loop's port, or ``None`` if it cannot be
+        associated (another port has it): it then gets the selector loop's transport."""
         try:
             return SocketIO(self._port, sock, IO_KEY)
         except OSError:
             return None
-
-    async def _connect_sock(self, exceptions: list[list[OSError]], addr_info: Any,
-                            local_addr_infos: Any = None) -> socket.socket:
-        """``create_connection``'s own sockets (made, bound and connected here, then given a
-        transport on this port) connect by ``ConnectEx``: :meth:`sock_connect` sees the mark."""
-        mark = _OWN_CONNECT.set(True)
-        try:
-            return await super()._connect_sock(  # type: ignore[misc,no-any-return]
-                exceptions, addr_info, local_addr_infos)
-        finally:
-            _OWN_CONNECT.reset(mark)
-
-    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
-        """As the selector loop's (a non-blocking ``connect``, a poll for writable), except for
-        the sockets ``create_connection`` makes itself: ``ConnectEx`` on the port. A caller's
-        own socket is left unassociated (ACTIVE_KB AS7: a handle's port is for good)."""
-        if (not _OWN_CONNECT.get() or sock.type != socket.SOCK_STREAM
-                or sock.family not in (socket.AF_INET, socket.AF_INET6)):
-            return await super().sock_connect(sock, address)
-        io = self._socket_io(sock)
-        if io is None:
-            return await super().sock_connect(sock, address)
-        try:
-            sock.getsockname()
-        except OSError:  # unbound (WSAEINVAL): ConnectEx needs a local address
-            sock.bind(("::" if sock.family == socket.AF_INET6 else "0.0.0.0", 0))
-        future: asyncio.Future[None] = self.create_future()
-        try:
-            operation = io.connect(sock.family, address, _Connect(io, future))
-        except ValueError:  # not a numeric address: the selector loop's path resolves it
-            self._connected_io[sock] = io
-            return await super().sock_connect(sock, address)
-        if operation.state is not OperationState.COMPLETED:
-            try:
-                await future
-            except BaseException:
-                io.cancel(operation)  # its completion still comes; the port keeps its memory
-                raise
-        io.connect_result(operation)
-        sock.setsockopt(socket.SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT, b"")
-        self._connected_io[sock] = io
 
     def _make_socket_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
                                waiter: asyncio.Future[Any] | None = None, *,
