@@ -247,12 +247,16 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, asyncio.WriteTranspor
                  skip_on_success: bool = False) -> None:
         super().__init__(loop, port, pipe, protocol, extra, skip_on_success)
         self._write_op: WriteOperation | None = None
+        self._buffer = bytearray()  # written while a write was in flight, not yet sent
         self._init_flow_control()
         self._draining_to_close = False
         self._eof_called = False
         loop.call_soon(protocol.connection_made, self)
 
     # -- writing ---------------------------------------------------------------------------
+    def get_write_buffer_size(self) -> int:
+        return self._in_flight + len(self._buffer)
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._check_write(data, self._eof_called)
         if self._closing or not data:

@@ -131,8 +131,6 @@ class WriteFlowControl(transports._FlowControlMixin):
 
     _in_flight: int
     """Bytes of the write in flight."""
-    _buffer: bytearray
-    """Bytes written while a write was in flight, not yet sent."""
     _write_spare: WriteOperation | None
     """A completed write whose buffer the next write reuses (no allocation per write)."""
     _write_op: WriteOperation | None
@@ -149,7 +147,6 @@ class WriteFlowControl(transports._FlowControlMixin):
         self._protocol_paused = False
         self._set_write_buffer_limits()
         self._in_flight = 0
-        self._buffer = bytearray()
         self._write_spare = None
 
     def _send(self, data: bytes | bytearray | memoryview) -> None:
@@ -179,9 +176,6 @@ class WriteFlowControl(transports._FlowControlMixin):
         buffer = operation.buffer
         if buffer is not None and ctypes.sizeof(buffer) <= SPARE_MAX:
             self._write_spare = operation
-
-    def get_write_buffer_size(self) -> int:
-        return self._in_flight + len(self._buffer)
 
     @staticmethod
     def _check_write(data: object, eof_called: bool) -> None:
