@@ -35,6 +35,7 @@ __all__ = [
     "Child",
     "Loop",
     "Owned",
+    "Process",
     "ReadCallback",
     "RelayCallback",
     "RelayCounters",
@@ -70,6 +71,14 @@ RELAY_FULL = 4
 """(``give_full``) a read filled the buffer: its bytes are ``held``, for the session to write."""
 RELAY_SMALL = 5
 """(``give_small``) a read brought fewer bytes than asked: ``held``, as for RELAY_FULL."""
+
+
+# -- the socket as the child's stdio (no relay) ----------------------------------------------------
+# A loop may also offer ``spawn_on_socket(command, *, shell, stderr, socket_fd, cwd, env)``,
+# returning a :class:`Process` whose stdin and stdout (and stderr in ``merge`` mode) are the
+# connection itself, and ``watch_hangup(fd, callback)`` / ``forget_hangup(watch)``: the
+# callback runs while ``fd`` reports a hang-up or an error, and nothing is read. The selectors
+# loop on Linux has them (execsession.socket_stdio).
 
 
 class RelayCounters(Protocol):
@@ -136,21 +145,17 @@ class Stream(Owned, ABC):
         """Release the handle or fd; requests still outstanding are cancelled silently."""
 
 
-class Child(Owned, ABC):
+class Process(Owned, ABC):
     """A child process (and, through a process group or job object, its whole tree).
 
     Its exit is reported once the child itself has exited; what it started may still run (and
-    hold its output pipes) until :meth:`kill` or :meth:`close`, which kill the whole tree."""
+    hold its output) until :meth:`kill` or :meth:`close`, which kill the whole tree."""
 
     pid: int | None
     """``None`` until the process runs (a backend may start it in the background)."""
-    stdin: Stream
-    stdout: Stream
-    stderr: Stream | None
-    """Only in :attr:`StderrMode.SEPARATE`."""
     spawn_failure_handler: Callable[[BaseException], None] | None = None
     """Called (on the loop's thread) if a process started in the background could not be
-    started after all (no such program...); its streams then lead nowhere."""
+    started after all (no such program...); its stdio then leads nowhere."""
 
     @abstractmethod
     def watch_exit(self, callback: Callable[[int], None]) -> None:
@@ -168,6 +173,15 @@ class Child(Owned, ABC):
     def close(self) -> None:
         """Kill what is left of the tree and release everything (streams, job object...);
         reaps the child, waiting briefly if it has not exited yet."""
+
+
+class Child(Process):
+    """A :class:`Process` whose stdio are pipes this side relays (:meth:`Loop.spawn`)."""
+
+    stdin: Stream
+    stdout: Stream
+    stderr: Stream | None
+    """Only in :attr:`StderrMode.SEPARATE`."""
 
 
 class Timer:

@@ -26,6 +26,7 @@ import sys
 if sys.platform == "win32":  # pragma: no cover - open_loop() refuses first
     raise ImportError("execsession.posix_backend needs POSIX pipes; use the iocp backend")
 
+import errno
 import os
 import select
 import selectors
@@ -35,7 +36,7 @@ from collections.abc import Callable, Sequence
 
 from . import posix_relay, posix_spawn
 from .config import StderrMode
-from .loop import Child, Loop, ReadCallback, RelayCallback, Stream, WriteCallback
+from .loop import Child, Loop, Process, ReadCallback, RelayCallback, Stream, WriteCallback
 from .posix_guardian import GroupGuardian
 
 __all__ = ["SelectorLoop"]
@@ -45,10 +46,14 @@ EVENT_WRITE = selectors.EVENT_WRITE
 HAVE_EPOLL = hasattr(select, "epoll")
 if HAVE_EPOLL:
     # As the selectors module reads epoll's events: a hang-up or error wakes both sides.
-    _EPOLL_MASK = {EVENT_READ: select.EPOLLIN, EVENT_WRITE: select.EPOLLOUT,
+    _EPOLL_MASK = {0: 0, EVENT_READ: select.EPOLLIN, EVENT_WRITE: select.EPOLLOUT,
                    EVENT_READ | EVENT_WRITE: select.EPOLLIN | select.EPOLLOUT}
     _READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
     _WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+    _HANGUP = select.EPOLLHUP | select.EPOLLERR
+WATCH_HANGUP = 4
+"""A watch's mask bit for :meth:`SelectorLoop.watch_hangup`: registered with no event asked,
+epoll still reports ``EPOLLHUP`` and ``EPOLLERR`` (epoll_ctl(2)), and reads nothing."""
 POLL_MIN = 0.002
 POLL_MAX = 0.1
 
@@ -57,12 +62,13 @@ class _Watch:
     """One fd's interest in the selector; applied lazily before each wait, so a read that
     completes and is re-issued within one iteration costs no ``epoll_ctl``."""
 
-    __slots__ = ("closed", "fd", "mask", "reader", "writer")
+    __slots__ = ("closed", "fd", "hangup", "mask", "reader", "writer")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.reader: Callable[[], None] | None = None
         self.writer: Callable[[], None] | None = None
+        self.hangup: Callable[[], None] | None = None  # epoll only: see watch_hangup
         self.mask = 0
         self.closed = False
 
@@ -126,7 +132,7 @@ class SelectorLoop(Loop):
     def _forget(self, watch: _Watch) -> None:
         """Unregister now: the fd may be closed (and its number reused) right after."""
         watch.closed = True
-        watch.reader = watch.writer = None
+        watch.reader = watch.writer = watch.hangup = None
         self._dirty.pop(watch, None)
         if watch.mask:
             self._unregister(watch)
@@ -144,17 +150,18 @@ class SelectorLoop(Loop):
         dirty, self._dirty = self._dirty, {}
         epoll, selector = self._epoll, self._selector
         for watch in dirty:
-            mask = (EVENT_READ if watch.reader else 0) | (EVENT_WRITE if watch.writer else 0)
+            mask = ((EVENT_READ if watch.reader else 0) | (EVENT_WRITE if watch.writer else 0)
+                    | (WATCH_HANGUP if watch.hangup else 0))
             if mask == watch.mask:
                 continue
             if not mask:
                 self._unregister(watch)
             elif epoll is not None:
                 if not watch.mask:
-                    epoll.register(watch.fd, _EPOLL_MASK[mask])
+                    epoll.register(watch.fd, _EPOLL_MASK[mask & ~WATCH_HANGUP])
                     self._watches[watch.fd] = watch
                 else:
-                    epoll.modify(watch.fd, _EPOLL_MASK[mask])
+                    epoll.modify(watch.fd, _EPOLL_MASK[mask & ~WATCH_HANGUP])
             else:
                 assert selector is not None
                 if not watch.mask:
@@ -185,6 +192,12 @@ class SelectorLoop(Loop):
                         self._callback_failed(callback, error)
                 callback = watch.writer
                 if events & _WRITABLE and callback is not None and not watch.closed:
+                    try:
+                        callback()
+                    except Exception as error:
+                        self._callback_failed(callback, error)
+                callback = watch.hangup
+                if events & _HANGUP and callback is not None and not watch.closed:
                     try:
                         callback()
                     except Exception as error:
@@ -240,6 +253,47 @@ class SelectorLoop(Loop):
         if self._closed:  # before any process starts: its guardian is gone
             raise RuntimeError("spawn on a closed loop")
         return _PosixChild(self, command, shell=shell, stderr=stderr, cwd=cwd, env=env)
+
+    # -- the socket as the child's stdio (execsession.socket_stdio) --------------------------
+    SOCKET_STDIO = HAVE_EPOLL and posix_spawn.GATED_SPAWN
+    """Whether :meth:`spawn_on_socket` and :meth:`watch_hangup` are here (epoll, and glibc's
+    posix_spawn for the gate)."""
+
+    def spawn_on_socket(self, command: Sequence[str] | str, *, shell: bool, stderr: StderrMode,
+                        socket_fd: int, cwd: str | None = None,
+                        env: dict[str, str] | None = None) -> Process:
+        """Start ``command`` with ``socket_fd`` as its stdin and stdout, and as its stderr in
+        ``merge`` mode (``discard``: ``/dev/null``; ``separate`` needs pipes). The fd stays
+        the caller's, and must stay open until the process's :meth:`Process.close`: the spawn
+        runs on a spawner thread. It must be in blocking mode: the child shares the open file,
+        ``O_NONBLOCK`` included."""
+        if self._closed:
+            raise RuntimeError("spawn on a closed loop")
+        if not self.SOCKET_STDIO:
+            raise OSError(errno.ENOTSUP, "the child's stdio on the socket needs epoll and "
+                                         "glibc's posix_spawn here")
+        if stderr is StderrMode.SEPARATE:
+            raise ValueError("stderr=separate needs a pipe of its own: relay the session")
+        # Gated: the client could otherwise talk to a child whose group the guardian does not
+        # know yet, and a server SIGKILLed then would leave it serving the connection.
+        return _PosixProcess(self, command, shell=shell,
+                             stdio=(socket_fd, socket_fd,
+                                    socket_fd if stderr is StderrMode.MERGE else None),
+                             theirs=[], cwd=cwd, env=env, gated=True)
+
+    def watch_hangup(self, fd: int, callback: Callable[[], None]) -> _Watch:
+        """Call ``callback()`` whenever ``fd`` reports a hang-up or an error (level-triggered:
+        until :meth:`forget_hangup`); nothing is read from it."""
+        if not self.SOCKET_STDIO:
+            raise OSError(errno.ENOTSUP, "watching a hang-up needs epoll")
+        watch = _Watch(fd)
+        watch.hangup = callback
+        self._changed(watch)
+        return watch
+
+    def forget_hangup(self, watch: _Watch) -> None:
+        """Stop :meth:`watch_hangup`'s watch now (the fd may be closed right after)."""
+        self._forget(watch)
 
     def add_acceptor(self, listener: socket.socket, callback: Callable[[], None]) -> None:
         listener.setblocking(False)
@@ -436,58 +490,45 @@ class _FdStream(Stream):
             os.close(self._fd)
 
 
-class _PosixChild(Child):
-    """A child started on a spawner thread (:mod:`execsession.posix_spawn`): its pipes exist
-    at once (the session relays into them from the start), its process a little later — the
-    loop's thread learns of it through :meth:`_spawned`. Until then :attr:`pid` is ``None``;
-    a kill is remembered and done when the process is there; :meth:`close` cancels a spawn
-    still queued or waits for one under way, then kills and reaps as usual. A spawn that fails
-    is reported to :attr:`spawn_failure_handler` (the session ends ``spawn-failed``)."""
-
-    stdout: _FdStream
-    stderr: _FdStream | None
+class _PosixProcess(Process):
+    """A child started on a spawner thread (:mod:`execsession.posix_spawn`) with the given fds
+    as its stdio; its process comes a little later — the loop's thread learns of it through
+    :meth:`_spawned`. Until then :attr:`pid` is ``None``; a kill is remembered and done when
+    the process is there; :meth:`close` cancels a spawn still queued or waits for one under
+    way (so the stdio fds must stay open until it returned), then kills and reaps as usual. A
+    spawn that fails is reported to :attr:`spawn_failure_handler` (the session ends
+    ``spawn-failed``). ``theirs`` are fds of the child's alone, closed once the spawn is over
+    whatever its outcome."""
 
     def __init__(self, loop: SelectorLoop, command: Sequence[str] | str, *, shell: bool,
-                 stderr: StderrMode, cwd: str | None, env: dict[str, str] | None) -> None:
+                 stdio: tuple[int, int, int | None], theirs: list[int], cwd: str | None,
+                 env: dict[str, str] | None, gated: bool = False) -> None:
         self._loop = loop
-        ours: list[int] = []
-        theirs: list[int] = []
-        try:
-            stdin_r, stdin_w = os.pipe()  # os.pipe() fds are close-on-exec
-            ours.append(stdin_w)
-            theirs.append(stdin_r)
-            stdout_r, stdout_w = os.pipe()
-            ours.append(stdout_r)
-            theirs.append(stdout_w)
-            stderr_r: int | None = None
-            child_stderr: int | None
-            if stderr is StderrMode.SEPARATE:
-                stderr_r, child_stderr = os.pipe()
-                ours.append(stderr_r)
-                theirs.append(child_stderr)
-            elif stderr is StderrMode.MERGE:
-                child_stderr = stdout_w
-            else:
-                child_stderr = None  # /dev/null
-            for fd in ours:
-                os.set_blocking(fd, False)
-        except BaseException:
-            for fd in ours + theirs:
-                os.close(fd)
-            raise
-        self._theirs = theirs  # closed once the spawn is over, whatever its outcome
+        self._theirs = theirs
         guardian = loop.guardian
-        guardian.start()  # a no-op once it runs
+        stdin, stdout, stderr = stdio
+        # gated: the child waits (posix_spawn's gate) until its group is registered.
+        self._gate: list[int] = []  # the gate's write end until opened (or dropped)
+        gate_read: int | None = None
+        if gated:
+            gate_read, gate_write = os.pipe()
+            theirs.append(gate_read)
+            self._gate.append(gate_write)
 
         def start() -> posix_spawn.Process:
             # On a spawner thread: start it, and register its group with the guardian at once.
-            process = posix_spawn.spawn(command, shell=shell, stdin=stdin_r, stdout=stdout_w,
-                                        stderr=child_stderr, cwd=cwd, env=env)
             try:
-                guardian.guard(process.pid)
-            except BaseException:  # the loop closed meanwhile: nobody would kill it
-                _kill_and_reap(process)
-                raise
+                process = posix_spawn.spawn(command, shell=shell, stdin=stdin, stdout=stdout,
+                                            stderr=stderr, cwd=cwd, env=env, gate=gate_read)
+                try:
+                    guardian.guard(process.pid)
+                except BaseException:  # the loop closed meanwhile: nobody would kill it
+                    _kill_and_reap(process)
+                    raise
+                if self._gate:
+                    os.write(self._gate[0], b"\n")  # registered: the child may run
+            finally:
+                self._drop_gate()  # EOF at the gate, if it was not opened: the child exits
             return process
 
         self.pid: int | None = None
@@ -496,29 +537,37 @@ class _PosixChild(Child):
         self._guarded = False
         self._kill_pending = False
         self._closed = False
-        self.stdin = _FdStream(loop, stdin_w, owns=True)
-        # Its output is relayed only once the loop knows the process (and so the guardian
-        # has its group): no client sees a child that a SIGKILL of the server would spare.
-        self.stdout = _FdStream(loop, stdout_r, owns=True, held=True)
-        self.stderr = (_FdStream(loop, stderr_r, owns=True, held=True)
-                       if stderr_r is not None else None)
         self._returncode: int | None = None  # known once it exited (maybe not reaped yet)
         self._reaped = False
         self._on_exit: Callable[[int], None] | None = None
         self._pidfd: int | None = None
         self._pid_watch: _Watch | None = None
         self._poll_delay = POLL_MIN
-        self._job: posix_spawn.SpawnJob | None = posix_spawn.SpawnJob(
-            start, lambda job: loop.call_soon_threadsafe(self._spawned))
+        self._job: posix_spawn.SpawnJob | None = None
         try:
+            guardian.start()  # a no-op once it runs
+            self._job = posix_spawn.SpawnJob(
+                start, lambda job: loop.call_soon_threadsafe(self._spawned))
             loop.spawner.submit(self._job)
         except BaseException:
             self._job = None
-            for fd in theirs:
+            for fd in self._theirs:
                 os.close(fd)
             self._theirs = []
-            self.close()
+            self.close()  # drops the gate too
             raise
+
+    def _started(self) -> None:
+        """The process runs and its group is guarded (on the loop's thread)."""
+
+    def _drop_gate(self) -> None:
+        """Close the gate's write end (once; from the spawner thread, or from :meth:`close`
+        when the job never ran)."""
+        try:
+            fd = self._gate.pop()
+        except IndexError:
+            return
+        os.close(fd)
 
     # -- the spawn's outcome ---------------------------------------------------------------------
     def _settle(self) -> None:
@@ -555,9 +604,7 @@ class _PosixChild(Child):
             self._kill_group()
         if self._on_exit is not None:
             self._watch_pid()
-        self.stdout.release()
-        if self.stderr is not None:
-            self.stderr.release()
+        self._started()
 
     def watch_exit(self, callback: Callable[[int], None]) -> None:
         self._on_exit = callback
@@ -662,13 +709,11 @@ class _PosixChild(Child):
         if self._closed:
             return
         self._closed = True
-        for stream in (self.stdin, self.stdout, self.stderr):
-            if stream is not None:
-                stream.close()
         self._stop_watching_exit()
         if self._job is not None:
             self._job.cancel()  # never starts, or wait for the spawn under way (one spawn)
         self._settle()
+        self._drop_gate()  # a job that never ran
         if self._process is None or self._reaped:
             return
         # Kill what is left of the tree while the (zombie or live) leader keeps the group id
@@ -683,6 +728,61 @@ class _PosixChild(Child):
         self._reaped = True
         if self._returncode is None:
             self._returncode = returncode
+
+
+class _PosixChild(_PosixProcess, Child):
+    """A :class:`_PosixProcess` on pipes: they exist at once (the session relays into its stdin
+    from the start); its output is relayed only once the loop knows the process (and so the
+    guardian has its group): no client sees a child that a SIGKILL of the server would spare."""
+
+    stdout: _FdStream
+    stderr: _FdStream | None
+
+    def __init__(self, loop: SelectorLoop, command: Sequence[str] | str, *, shell: bool,
+                 stderr: StderrMode, cwd: str | None, env: dict[str, str] | None) -> None:
+        ours: list[int] = []
+        theirs: list[int] = []
+        try:
+            stdin_r, stdin_w = os.pipe()  # os.pipe() fds are close-on-exec
+            ours.append(stdin_w)
+            theirs.append(stdin_r)
+            stdout_r, stdout_w = os.pipe()
+            ours.append(stdout_r)
+            theirs.append(stdout_w)
+            stderr_r: int | None = None
+            child_stderr: int | None
+            if stderr is StderrMode.SEPARATE:
+                stderr_r, child_stderr = os.pipe()
+                ours.append(stderr_r)
+                theirs.append(child_stderr)
+            elif stderr is StderrMode.MERGE:
+                child_stderr = stdout_w
+            else:
+                child_stderr = None  # /dev/null
+            for fd in ours:
+                os.set_blocking(fd, False)
+        except BaseException:
+            for fd in ours + theirs:
+                os.close(fd)
+            raise
+        self.stdin = _FdStream(loop, stdin_w, owns=True)
+        self.stdout = _FdStream(loop, stdout_r, owns=True, held=True)
+        self.stderr = (_FdStream(loop, stderr_r, owns=True, held=True)
+                       if stderr_r is not None else None)
+        super().__init__(loop, command, shell=shell, stdio=(stdin_r, stdout_w, child_stderr),
+                         theirs=theirs, cwd=cwd, env=env)
+
+    def _started(self) -> None:
+        self.stdout.release()
+        if self.stderr is not None:
+            self.stderr.release()
+
+    def close(self) -> None:
+        if not self._closed:
+            for stream in (self.stdin, self.stdout, self.stderr):
+                if stream is not None:
+                    stream.close()
+        super().close()
 
 
 def _kill_and_reap(process: posix_spawn.Process) -> None:
