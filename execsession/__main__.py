@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .backends import BACKEND_ENV, BACKENDS, default_backend, open_loop
-from .config import ConfigError, ExecSessionConfig, StderrMode
+from .config import ConfigError, ExecSessionConfig, StderrMode, StdioMode
 from .server import DEFAULT_MAX_CONNS, AddressFilter, ExecServer, is_loopback_host, parse_listen
 
 USAGE = "%(prog)s -l [HOST:]PORT [options] (-e PROG [ARGS ...] | -c CMD)"
@@ -31,6 +31,12 @@ when the process closes its output, the connection is half-closed once all of it
 A client that disconnects, or a timeout, kills the process and everything it started.
 When the process exits while something it started still holds its output, that output is
 relayed for --drain-timeout more seconds, then the rest of its tree is killed.
+
+On Linux the process gets the connection itself as its stdin and stdout (--stdio socket, as
+inetd and the original nc -e do): no byte passes through this server, and the process's exit
+ends the connection (what it left running is killed). The options that need the bytes to pass
+through the server (--stderr separate, --idle-timeout, --connect-timeout, --drain-timeout,
+--buffer, --max-buffer) relay through pipes instead, as does --stdio pipes and Windows.
 Ctrl-C or SIGTERM stops accepting, kills the children and exits; so does any other way out
 (an internal error included): no child outlives the server, not even after SIGKILL.
 """
@@ -105,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-buffer", type=_size, default=None, metavar="BYTES",
                         help="the stdin and stdout buffers double while reads fill them, up "
                              "to this (default 1m); a session holds at most both at this size")
+    parser.add_argument("--stdio", choices=[mode.value for mode in StdioMode], default="auto",
+                        help="the process's stdin and stdout: the connection itself (socket; "
+                             "Linux), pipes this server relays (pipes), or socket unless an "
+                             "option needs the relay (auto, the default)")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="I/O backend (default: iocp on Windows, selectors elsewhere)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -121,8 +131,12 @@ def _config(args: argparse.Namespace) -> ExecSessionConfig:
         sizes["max_buffer"] = args.max_buffer
     if args.drain_timeout is not None:
         sizes["drain_timeout"] = args.drain_timeout
+    stdio = args.stdio
+    if stdio == StdioMode.AUTO.value and sizes:
+        stdio = StdioMode.PIPES.value  # a relay's options asked for: the relay it is
     return ExecSessionConfig(exec_timeout=args.exec_timeout, idle_timeout=args.idle_timeout,
-                             connect_timeout=args.connect_timeout, stderr=args.stderr, **sizes)
+                             connect_timeout=args.connect_timeout, stderr=args.stderr,
+                             stdio=stdio, **sizes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,9 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             print(f"ntafd-exec: cannot listen on {host}:{port}: {error}", file=sys.stderr)
             return 2
-        logging.getLogger("execsession").info("listening on %s:%d (%s backend)",
-                                              server.address[0], server.address[1],
-                                              loop.backend)
+        logging.getLogger("execsession").info(
+            "listening on %s:%d (%s backend, %s)", server.address[0], server.address[1],
+            loop.backend, "the connection as the process's stdio" if server.socket_stdio
+            else "relayed through pipes")
         stopping: list[int] = []
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -10,7 +10,7 @@ import enum
 import math
 from dataclasses import dataclass, fields
 
-__all__ = ["ConfigError", "ExecSessionConfig", "StderrMode"]
+__all__ = ["ConfigError", "ExecSessionConfig", "StderrMode", "StdioMode"]
 
 KIB = 1024
 
@@ -30,6 +30,22 @@ class StderrMode(enum.Enum):
     """The child's stderr is its own pipe, delivered to the session's ``stderr_sink``."""
     DISCARD = "discard"
     """The child's stderr is the null device."""
+
+
+class StdioMode(enum.Enum):
+    """Where the child's stdin and stdout are (``ExecServer`` and ``open_session`` read it;
+    :class:`execsession.ExecSession` always relays)."""
+
+    AUTO = "auto"
+    """``socket`` where the loop can and the config needs nothing only a relay does (no
+    ``idle_timeout`` or ``connect_timeout``, stderr not ``separate``), else ``pipes``."""
+    SOCKET = "socket"
+    """The connection itself, as inetd, systemd's ``Accept=yes`` and the original ``nc -e`` do
+    (execsession.socket_stdio): no byte passes through the server; the child's exit ends the
+    session and kills what it left running (``drain_timeout`` does not apply). The selectors
+    loop on Linux only."""
+    PIPES = "pipes"
+    """Pipes relayed by the server (:class:`execsession.ExecSession`): every option applies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +87,9 @@ class ExecSessionConfig:
     keeps its stdout open; then the whole tree is killed, what was already written is relayed
     to its end, and the session ends as ``exited`` with the child's exit code. The same on
     every backend.
+
+    ``stdio``: a :class:`StdioMode` (or its value): ``auto`` (the default) gives the child the
+    connection itself where it can, and relays through pipes otherwise.
     """
 
     stdin_buffer: int = 32 * KIB
@@ -86,8 +105,17 @@ class ExecSessionConfig:
     close_timeout: float = 2.0
     drain_timeout: float = 2.0
     stderr: StderrMode = StderrMode.MERGE
+    stdio: StdioMode = StdioMode.AUTO
 
     def __post_init__(self) -> None:
+        if isinstance(self.stdio, str) and not isinstance(self.stdio, StdioMode):
+            try:
+                object.__setattr__(self, "stdio", StdioMode(self.stdio))
+            except ValueError:
+                choices = ", ".join(mode.value for mode in StdioMode)
+                raise ConfigError("stdio", f"{self.stdio!r} is not one of {choices}") from None
+        if not isinstance(self.stdio, StdioMode):
+            raise ConfigError("stdio", f"expected a StdioMode, not {self.stdio!r}")
         if isinstance(self.stderr, str) and not isinstance(self.stderr, StderrMode):
             try:
                 object.__setattr__(self, "stderr", StderrMode(self.stderr))
@@ -129,6 +157,21 @@ class ExecSessionConfig:
                 meaning = "at once" if name == "drain_timeout" else "off"
                 raise ConfigError(name, f"must be a finite number of seconds >= 0 "
                                         f"(0 = {meaning}), not {value!r}")
+        if self.stdio is StdioMode.SOCKET and self.needs_relay is not None:
+            raise ConfigError("stdio", f"socket: {self.needs_relay} needs the bytes to pass "
+                                       "through the server (stdio=pipes)")
+
+    @property
+    def needs_relay(self) -> str | None:
+        """What in this config only a relay through pipes can do (``None``: nothing): the
+        reason ``stdio=socket`` is refused and ``auto`` relays."""
+        if self.stderr is StderrMode.SEPARATE:
+            return "stderr=separate"
+        if self.idle_timeout:
+            return "idle_timeout"
+        if self.connect_timeout:
+            return "connect_timeout"
+        return None
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -1,5 +1,7 @@
-"""ExecServer: listen, check each client against allow/deny and max-conns, and give each one an
-:class:`~execsession.session.ExecSession` on the shared loop."""
+"""ExecServer: listen, check each client against allow/deny and max-conns, and give each one a
+session on the shared loop: the connection itself as the child's stdio
+(:class:`~execsession.socket_stdio.SocketStdioSession`) or a relay through pipes
+(:class:`~execsession.session.ExecSession`), as ``config.stdio`` says."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from .config import ExecSessionConfig
 from .loop import Loop
 from .session import EXIT_GRACE, ExecSession, SessionResult
+from .socket_stdio import SocketStdioSession, open_session, uses_socket_stdio
 
 __all__ = ["DEFAULT_BACKLOG", "DEFAULT_MAX_CONNS", "AddressFilter", "ExecServer",
            "is_loopback_host", "parse_listen"]
@@ -194,7 +197,7 @@ class ExecServer:
         self.filter = address_filter or AddressFilter()
         self.stderr_sink = stderr_sink
         self.on_session_done = on_session_done
-        self.sessions: set[ExecSession] = set()
+        self.sessions: set[ExecSession | SocketStdioSession] = set()
         self.results: list[SessionResult] = []
         self.refused = 0
         self._accepted_one = False
@@ -218,6 +221,9 @@ class ExecServer:
                 raise ValueError(f"{address[0]!r} is not a loopback address ({bound}): anyone "
                                  "who can reach it could run the command; pass "
                                  "bind_public=True if that is wanted")
+            # stdio=socket where the loop cannot: refused before anyone connects.
+            self.socket_stdio = uses_socket_stdio(loop, listener, self.config)
+            """Whether clients' children get the connection itself as their stdio."""
             listener.listen(backlog)
             listener.setblocking(False)
         except BaseException:
@@ -292,9 +298,10 @@ class ExecServer:
         log.info("connection from %s:%s", host, peer[1])
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = ExecSession(conn, self.command, loop=self.loop, config=self.config,
-                              shell=self.shell, stderr_sink=self.stderr_sink,
-                              on_done=lambda result: self._session_done(session, result))
+        session: ExecSession | SocketStdioSession = open_session(
+            conn, self.command, loop=self.loop, config=self.config, shell=self.shell,
+            stderr_sink=self.stderr_sink,
+            on_done=lambda result: self._session_done(session, result))
         self.sessions.add(session)
         if not self.keep_open:
             self._accepted_one = True
@@ -314,7 +321,8 @@ class ExecServer:
             pass
         conn.close()
 
-    def _session_done(self, session: ExecSession, result: SessionResult) -> None:
+    def _session_done(self, session: ExecSession | SocketStdioSession,
+                      result: SessionResult) -> None:
         self.sessions.discard(session)
         self.results.append(result)
         log.info("child %s: %s, exit code %s", session.pid, result.reason, result.returncode)

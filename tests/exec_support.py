@@ -3,6 +3,7 @@ its loop in a background thread, and blocking clients with bounded waits."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -13,7 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from execsession import ExecServer, Loop, SessionResult, open_loop
+from execsession import (
+    ExecServer,
+    ExecSessionConfig,
+    Loop,
+    SessionResult,
+    StdioMode,
+    open_loop,
+)
 
 ON_WINDOWS = sys.platform == "win32"
 BACKEND = "iocp" if ON_WINDOWS else "selectors"
@@ -63,10 +71,19 @@ def pattern(size: int) -> bytes:
 
 
 class ServerThread:
-    """An :class:`ExecServer` on its own loop, run by a background thread."""
+    """An :class:`ExecServer` on its own loop, run by a background thread.
+
+    ``stdio`` replaces a config's ``auto`` (the server's default): ``pipes`` unless told, since
+    most of these tests are about the relay; test_exec_socket_stdio tests ``socket`` and
+    ``auto``."""
 
     def __init__(self, command: Sequence[str] | str, *, shell: bool = False,
-                 keep_open: bool = True, loop: Loop | None = None, **kwargs: Any) -> None:
+                 keep_open: bool = True, loop: Loop | None = None,
+                 stdio: StdioMode = StdioMode.PIPES, **kwargs: Any) -> None:
+        config = kwargs.pop("config", None) or ExecSessionConfig()
+        if config.stdio is StdioMode.AUTO:
+            config = dataclasses.replace(config, stdio=stdio)
+        kwargs["config"] = config
         self.results: list[SessionResult] = []
         self.peak_sessions = 0
         self.loop = loop if loop is not None else open_loop(BACKEND)
