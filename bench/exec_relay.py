@@ -5,7 +5,9 @@
     .cache/venv/bin/python bench/exec_relay.py --wine-requests   # wineserver requests
 
 The threaded relay is the design ntafd-exec replaces: three blocking threads per connection
-(socket -> stdin, stdout -> socket, stderr -> socket). ``--wine-requests`` (run on Linux)
+(socket -> stdin, stdout -> socket, stderr -> socket). On Linux ntafd-exec's default gives cat
+the connection itself as its stdio (nothing relayed, as inetd); ``--stdio pipes`` and
+``--buffer 256k`` are its relay. ``--wine-requests`` (run on Linux)
 counts each Wine server's wineserver requests per MiB and per round trip: bench/wine_requests.py.
 
 For each server (a separate process on 127.0.0.1, serving every client with a fresh child):
@@ -586,7 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"missing: {', '.join(missing)} (tools/install-linux.sh installs them)")
             return 2
         runs = [
-            ("ntafd-exec (selectors)", lambda port: [*ours, str(port), "-e", "cat"], None),
+            # The default: the connection itself as cat's stdio (execsession.socket_stdio).
+            ("ntafd-exec (socket stdio)", lambda port: [*ours, str(port), "-e", "cat"], None),
+            ("ntafd-exec --stdio pipes",
+             lambda port: [*ours, str(port), "--stdio", "pipes", "-e", "cat"], None),
             ("ntafd-exec --buffer 256k", lambda port: [*ours, str(port), *big, "-e", "cat"],
              None),
             ("socat fork EXEC:cat",

@@ -327,3 +327,48 @@ def test_the_command_line_chooses_by_its_options() -> None:
                           timeout=WAIT, cwd=ROOT, check=False)
     assert done.returncode == 2
     assert b"stdio" in done.stderr and b"idle_timeout" in done.stderr
+
+
+@posix
+def test_a_gated_child_runs_only_once_its_gate_opens_and_never_at_eof() -> None:
+    """posix_spawn's gate: nothing of the command runs before the gate's line (its output pipe
+    stays empty), all of it after; a gate closed unopened makes it exit 125 having run
+    nothing; a missing program is raised at the spawn, as without a gate."""
+    import select
+
+    from execsession import posix_spawn
+
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        raise AssertionError("posix only")
+    for shell, command in ((False, ["sh", "-c", "echo ran"]), (True, "echo ran")):
+        for opened in (True, False):
+            gate_read, gate_write = os.pipe()
+            out_read, out_write = os.pipe()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                process = posix_spawn.spawn(command, shell=shell, stdin=null, stdout=out_write,
+                                            stderr=None, gate=gate_read)
+                os.close(gate_read)
+                os.close(out_write)
+                # The child exists, and holds still at the gate.
+                assert select.select([out_read], [], [], 0.3)[0] == []
+                assert process.poll() is None
+                if opened:
+                    os.write(gate_write, b"\n")
+                os.close(gate_write)
+                assert process.wait(WAIT) == (0 if opened else 125)
+                assert os.read(out_read, 100) == (b"ran\n" if opened else b"")
+            finally:
+                for fd in (out_read, null):
+                    os.close(fd)
+    gate_read, gate_write = os.pipe()
+    try:
+        with pytest.raises(FileNotFoundError):
+            posix_spawn.spawn(["/nonexistent/program"], shell=False, stdin=gate_read,
+                              stdout=gate_write, stderr=None, gate=gate_read)
+        with pytest.raises(FileNotFoundError):
+            posix_spawn.spawn(["no-such-program-anywhere"], shell=False, stdin=gate_read,
+                              stdout=gate_write, stderr=None, gate=gate_read)
+    finally:
+        os.close(gate_read)
+        os.close(gate_write)
