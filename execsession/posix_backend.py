@@ -27,6 +27,7 @@ if sys.platform == "win32":  # pragma: no cover - open_loop() refuses first
     raise ImportError("execsession.posix_backend needs POSIX pipes; use the iocp backend")
 
 import errno
+import logging
 import os
 import select
 import selectors
@@ -40,6 +41,8 @@ from .loop import Child, Loop, Process, ReadCallback, RelayCallback, Stream, Wri
 from .posix_guardian import GroupGuardian
 
 __all__ = ["SelectorLoop"]
+
+log = logging.getLogger("execsession.loop")
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -255,9 +258,8 @@ class SelectorLoop(Loop):
         return _PosixChild(self, command, shell=shell, stderr=stderr, cwd=cwd, env=env)
 
     # -- the socket as the child's stdio (execsession.socket_stdio) --------------------------
-    SOCKET_STDIO = HAVE_EPOLL and posix_spawn.GATED_SPAWN
-    """Whether :meth:`spawn_on_socket` and :meth:`watch_hangup` are here (epoll, and glibc's
-    posix_spawn for the gate)."""
+    SOCKET_STDIO = HAVE_EPOLL
+    """Whether :meth:`spawn_on_socket` and :meth:`watch_hangup` are here (they need epoll)."""
 
     def spawn_on_socket(self, command: Sequence[str] | str, *, shell: bool, stderr: StderrMode,
                         socket_fd: int, cwd: str | None = None,
@@ -270,16 +272,15 @@ class SelectorLoop(Loop):
         if self._closed:
             raise RuntimeError("spawn on a closed loop")
         if not self.SOCKET_STDIO:
-            raise OSError(errno.ENOTSUP, "the child's stdio on the socket needs epoll and "
-                                         "glibc's posix_spawn here")
+            raise OSError(errno.ENOTSUP, "the child's stdio on the socket needs epoll here")
         if stderr is StderrMode.SEPARATE:
             raise ValueError("stderr=separate needs a pipe of its own: relay the session")
-        # Gated: the client could otherwise talk to a child whose group the guardian does not
-        # know yet, and a server SIGKILLed then would leave it serving the connection.
+        # The guardian holds a copy of the socket from before the spawn: a server SIGKILLed
+        # before the child's group is registered still cuts the child's connection.
         return _PosixProcess(self, command, shell=shell,
                              stdio=(socket_fd, socket_fd,
                                     socket_fd if stderr is StderrMode.MERGE else None),
-                             theirs=[], cwd=cwd, env=env, gated=True)
+                             theirs=[], cwd=cwd, env=env, held_socket=socket_fd)
 
     def watch_hangup(self, fd: int, callback: Callable[[], None]) -> _Watch:
         """Call ``callback()`` whenever ``fd`` reports a hang-up or an error (level-triggered:
@@ -502,33 +503,21 @@ class _PosixProcess(Process):
 
     def __init__(self, loop: SelectorLoop, command: Sequence[str] | str, *, shell: bool,
                  stdio: tuple[int, int, int | None], theirs: list[int], cwd: str | None,
-                 env: dict[str, str] | None, gated: bool = False) -> None:
+                 env: dict[str, str] | None, held_socket: int | None = None) -> None:
         self._loop = loop
         self._theirs = theirs
         guardian = loop.guardian
         stdin, stdout, stderr = stdio
-        # gated: the child waits (posix_spawn's gate) until its group is registered.
-        self._gate: list[int] = []  # the gate's write end until opened (or dropped)
-        gate_read: int | None = None
-        if gated:
-            gate_read, gate_write = os.pipe()
-            theirs.append(gate_read)
-            self._gate.append(gate_write)
 
         def start() -> posix_spawn.Process:
             # On a spawner thread: start it, and register its group with the guardian at once.
+            process = posix_spawn.spawn(command, shell=shell, stdin=stdin, stdout=stdout,
+                                        stderr=stderr, cwd=cwd, env=env)
             try:
-                process = posix_spawn.spawn(command, shell=shell, stdin=stdin, stdout=stdout,
-                                            stderr=stderr, cwd=cwd, env=env, gate=gate_read)
-                try:
-                    guardian.guard(process.pid)
-                except BaseException:  # the loop closed meanwhile: nobody would kill it
-                    _kill_and_reap(process)
-                    raise
-                if self._gate:
-                    os.write(self._gate[0], b"\n")  # registered: the child may run
-            finally:
-                self._drop_gate()  # EOF at the gate, if it was not opened: the child exits
+                guardian.guard(process.pid)
+            except BaseException:  # the loop closed meanwhile: nobody would kill it
+                _kill_and_reap(process)
+                raise
             return process
 
         self.pid: int | None = None
@@ -544,8 +533,12 @@ class _PosixProcess(Process):
         self._pid_watch: _Watch | None = None
         self._poll_delay = POLL_MIN
         self._job: posix_spawn.SpawnJob | None = None
+        self._held_socket: int | None = None
         try:
             guardian.start()  # a no-op once it runs
+            if held_socket is not None:
+                guardian.hold(held_socket)
+                self._held_socket = held_socket
             self._job = posix_spawn.SpawnJob(
                 start, lambda job: loop.call_soon_threadsafe(self._spawned))
             loop.spawner.submit(self._job)
@@ -554,20 +547,12 @@ class _PosixProcess(Process):
             for fd in self._theirs:
                 os.close(fd)
             self._theirs = []
-            self.close()  # drops the gate too
+            self.close()
             raise
 
     def _started(self) -> None:
         """The process runs and its group is guarded (on the loop's thread)."""
 
-    def _drop_gate(self) -> None:
-        """Close the gate's write end (once; from the spawner thread, or from :meth:`close`
-        when the job never ran)."""
-        try:
-            fd = self._gate.pop()
-        except IndexError:
-            return
-        os.close(fd)
 
     # -- the spawn's outcome ---------------------------------------------------------------------
     def _settle(self) -> None:
@@ -602,6 +587,8 @@ class _PosixProcess(Process):
             return
         if self._kill_pending:
             self._kill_group()
+        # Its group is registered with the guardian by now (the spawner thread did it first).
+        log.info("child %d started", self.pid)
         if self._on_exit is not None:
             self._watch_pid()
         self._started()
@@ -713,7 +700,10 @@ class _PosixProcess(Process):
         if self._job is not None:
             self._job.cancel()  # never starts, or wait for the spawn under way (one spawn)
         self._settle()
-        self._drop_gate()  # a job that never ran
+        if self._held_socket is not None:
+            # The spawn is over (or never happens): the caller may close the socket now.
+            self._loop.guardian.unhold(self._held_socket)
+            self._held_socket = None
         if self._process is None or self._reaped:
             return
         # Kill what is left of the tree while the (zombie or live) leader keeps the group id

@@ -45,7 +45,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -120,8 +119,6 @@ def _load_glibc() -> ctypes.CDLL | None:
 
 
 _LIBC = _load_glibc()
-GATED_SPAWN = _LIBC is not None
-"""Whether :func:`spawn` can gate a child (glibc's posix_spawn puts the gate at fd 3)."""
 
 
 def _check(code: int, what: str) -> None:
@@ -137,9 +134,8 @@ def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
 
 
 def _spawn_glibc(libc: ctypes.CDLL, argv: list[bytes], envp: list[bytes], cwd: bytes | None,
-                 stdio: tuple[int, int, int | None], gate: int | None = None) -> int:
-    """glibc's ``posix_spawnp`` (the GIL released for the call): the child's pid. ``gate``
-    becomes the child's fd 3 (see :func:`spawn`)."""
+                 stdio: tuple[int, int, int | None]) -> int:
+    """glibc's ``posix_spawnp`` (the GIL released for the call): the child's pid."""
     actions, attributes, defaults, empty = _FileActions(), _Attributes(), _SigSet(), _SigSet()
     _check(libc.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init")
     try:
@@ -151,10 +147,7 @@ def _spawn_glibc(libc: ctypes.CDLL, argv: list[bytes], envp: list[bytes], cwd: b
                         actions, target, b"/dev/null", os.O_RDWR, 0), "addopen")
                 else:
                     _check(libc.posix_spawn_file_actions_adddup2(actions, fd, target), "adddup2")
-            if gate is not None:  # after the stdio: their sources may be fd 3
-                _check(libc.posix_spawn_file_actions_adddup2(actions, gate, GATE_FD), "adddup2")
-            _check(libc.posix_spawn_file_actions_addclosefrom_np(
-                actions, 3 if gate is None else GATE_FD + 1), "addclosefrom_np")
+            _check(libc.posix_spawn_file_actions_addclosefrom_np(actions, 3), "addclosefrom_np")
             if cwd is not None:
                 _check(libc.posix_spawn_file_actions_addchdir_np(actions, cwd), "addchdir_np")
             libc.sigemptyset(defaults)
@@ -251,25 +244,12 @@ def _reap_leftovers() -> None:
                 pass
 
 
-GATE_FD = 3
-"""The gate's fd in a gated child (:func:`spawn`)."""
-_GATE = "read -r _ <&{fd} || exit 125; exec {fd}<&-"
-"""The shell's first step in a gated child: wait for the gate's line (EOF: the server is gone
-before it let the child run: exit), then close it."""
-
-
 def spawn(command: Sequence[str] | str, *, shell: bool, stdin: int, stdout: int,
           stderr: int | None, cwd: str | None = None,
-          env: dict[str, str] | None = None, gate: int | None = None) -> Process:
+          env: dict[str, str] | None = None) -> Process:
     """Start ``command`` in a new session with the given stdio fds (``stderr=None``:
     ``/dev/null``), every other descriptor closed. Raises ``OSError`` (e.g. the program is
-    missing). Blocking: call it from a spawner thread.
-
-    ``gate``: the read end of a pipe. The child then runs under ``/bin/sh``, which first reads
-    a line from it and only then runs ``command`` (a shell command in that same shell; a
-    program through ``exec``) — so the caller decides when the child may run (once its group
-    is registered: execsession.socket_stdio) — or exits 125 at EOF. A missing program is
-    still raised here (looked up first), not left to the shell."""
+    missing). Blocking: call it from a spawner thread."""
     if _unreaped:
         _reap_leftovers()
     if isinstance(command, str):
@@ -282,16 +262,8 @@ def spawn(command: Sequence[str] | str, *, shell: bool, stdin: int, stdout: int,
     libc = _LIBC
     # posix_spawnp searches the *caller's* PATH; Popen the given environment's. dup2 onto a
     # descriptor below 3 that is itself one of the targets needs Popen's shuffling.
-    # (A gated child's program is found by its shell, in its own PATH.)
-    direct = (libc is not None
-              and (gate is not None or env is None or env.get("PATH") == os.environ.get("PATH"))
-              and all(fd is None or fd > 2 for fd in stdio))
-    if gate is not None:
-        if not direct or gate <= 2:  # dash names fds 0-9 only: Popen cannot put it at 3
-            raise OSError(errno.ENOTSUP, "a gated spawn needs glibc's posix_spawn (2.34) and "
-                                         "descriptors above 2")
-        args = _gated(args, shell=shell, env=env, cwd=cwd)
-    if direct and libc is not None:
+    if (libc is not None and not (env is not None and env.get("PATH") != os.environ.get("PATH"))
+            and all(fd is None or fd > 2 for fd in stdio)):
         argv = [os.fsencode(arg) for arg in args]
         source = os.environb if env is None else {
             os.fsencode(key): os.fsencode(value) for key, value in env.items()}
@@ -302,28 +274,12 @@ def spawn(command: Sequence[str] | str, *, shell: bool, stdin: int, stdout: int,
             raise ValueError("embedded null byte in the command or environment, or '=' in "
                              "an environment variable's name")
         return Process(_spawn_glibc(libc, argv, envp, None if cwd is None else os.fsencode(cwd),
-                                    stdio, gate))
+                                    stdio))
     popen = subprocess.Popen(
         args, stdin=stdin, stdout=stdout,
         stderr=subprocess.DEVNULL if stderr is None else stderr,
         start_new_session=True, close_fds=True, cwd=cwd, env=env)
     return Process(popen.pid, popen)
-
-
-def _gated(args: list[str], *, shell: bool, env: dict[str, str] | None,
-           cwd: str | None) -> list[str]:
-    """``args`` run behind the gate, at fd ``GATE_FD`` (:func:`spawn`)."""
-    step = _GATE.format(fd=GATE_FD)
-    if shell:  # ["/bin/sh", "-c", script, $0, ...]: the gate runs first in the same shell
-        return [args[0], args[1], f"{step}\n{args[2]}", *args[3:]]
-    program = args[0]
-    if os.sep in program:
-        found = program if os.access(os.path.join(cwd or "", program), os.X_OK) else None
-    else:
-        found = shutil.which(program, path=(os.environ if env is None else env).get("PATH"))
-    if found is None:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-    return ["/bin/sh", "-c", f'{step} "$0" "$@"', *args]
 
 
 class SpawnJob:

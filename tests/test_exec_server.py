@@ -555,12 +555,34 @@ def _session_pids(sock: socket.socket) -> list[int]:
     return [int(word) for word in line.split()]
 
 
-def _sigkill_and_expect_dead(server: subprocess.Popen[bytes], pids: list[int]) -> None:
-    """SIGKILL the server: every process in ``pids`` must die with it (its guardian's work)."""
+def _sigkill_and_expect_dead(server: subprocess.Popen[bytes], pids: list[int]) -> bytes:
+    """SIGKILL the server: every process in ``pids`` (GROUP_TREE's, grandchild then child per
+    session) must die with it (its guardian's work). First each child's group must be
+    registered: the server logs ``child PID started`` (-v) once it is. (A relayed child
+    speaks only after that; a child on the socket itself may speak before it, and if the
+    server died in that window it would lose its connection, not its life: the guardian cuts
+    the sockets it holds.) Returns the server output read while waiting."""
+    seen = _wait_for_lines(server, [b"child %d started" % pid for pid in pids[1::2]])
     server.kill()
     server.wait(WAIT)
     for pid in pids:
         assert wait_dead(pid), f"process {pid} outlived its SIGKILLed server"
+    return seen
+
+
+def _wait_for_lines(server: subprocess.Popen[bytes], wanted: list[bytes]) -> bytes:
+    """Read the server's output until it showed every line in ``wanted``; what was read."""
+    assert server.stdout is not None
+    missing = set(wanted)
+    seen = b""
+    deadline = time.monotonic() + WAIT
+    while missing and time.monotonic() < deadline:
+        line = server.stdout.readline()
+        assert line, f"the server's output ended; still missing {sorted(missing)}"
+        seen += line
+        missing = {text for text in missing if text not in line}
+    assert not missing, f"not logged within {WAIT} s: {sorted(missing)}"
+    return seen
 
 
 @pytest.mark.posix
@@ -592,9 +614,8 @@ def test_a_sigkilled_server_takes_every_child_and_grandchild_with_it(linux_serve
 def test_a_sigkilled_server_takes_children_started_together_on_the_spawner_threads(
         linux_server: Any) -> None:
     """Twenty clients connect at once, so their children start on the spawner threads side by
-    side; once each has spoken (a child's output is relayed only after the loop took it over,
-    and so after the guardian had its group), SIGKILL the server: the guardian kills every
-    child and grandchild."""
+    side; once each has spoken and its start was logged (after the guardian had its group),
+    SIGKILL the server: the guardian kills every child and grandchild."""
     if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
         return
     server, port = linux_server("-k", "-m", "0", "-c", GROUP_TREE)
@@ -629,9 +650,9 @@ def test_a_guardian_killed_by_accident_is_replaced_and_the_server_keeps_serving(
         assert second[0].recv(100) == b"still serving\n"
         new = _guardian_of(server.pid)
         assert new != old
-        _sigkill_and_expect_dead(server, first_pids + second_pids)
+        early = _sigkill_and_expect_dead(server, first_pids + second_pids)
         assert server.stdout is not None
-        output = server.stdout.read()
+        output = early + server.stdout.read()
         assert output.count(b"guardian") == 1 and b"is gone" in output, output
     finally:
         for sock in clients:

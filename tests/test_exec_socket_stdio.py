@@ -329,46 +329,65 @@ def test_the_command_line_chooses_by_its_options() -> None:
     assert b"stdio" in done.stderr and b"idle_timeout" in done.stderr
 
 
+
 @posix
-def test_a_gated_child_runs_only_once_its_gate_opens_and_never_at_eof() -> None:
-    """posix_spawn's gate: nothing of the command runs before the gate's line (its output pipe
-    stays empty), all of it after; a gate closed unopened makes it exit 125 having run
-    nothing; a missing program is raised at the spawn, as without a gate."""
-    import select
-
-    from execsession import posix_spawn
-
+def test_the_guardian_cuts_the_sockets_it_holds_when_the_server_is_gone() -> None:
+    """GroupGuardian.hold: the guardian keeps a copy of a child's socket; when the server is
+    gone (its channel's EOF: close() here) it shuts each one down — the client sees EOF although
+    this process still holds the socket open — and leaves a released one alone."""
     if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
         raise AssertionError("posix only")
-    for shell, command in ((False, ["sh", "-c", "echo ran"]), (True, "echo ran")):
-        for opened in (True, False):
-            gate_read, gate_write = os.pipe()
-            out_read, out_write = os.pipe()
-            null = os.open(os.devnull, os.O_RDWR)
-            try:
-                process = posix_spawn.spawn(command, shell=shell, stdin=null, stdout=out_write,
-                                            stderr=None, gate=gate_read)
-                os.close(gate_read)
-                os.close(out_write)
-                # The child exists, and holds still at the gate.
-                assert select.select([out_read], [], [], 0.3)[0] == []
-                assert process.poll() is None
-                if opened:
-                    os.write(gate_write, b"\n")
-                os.close(gate_write)
-                assert process.wait(WAIT) == (0 if opened else 125)
-                assert os.read(out_read, 100) == (b"ran\n" if opened else b"")
-            finally:
-                for fd in (out_read, null):
-                    os.close(fd)
-    gate_read, gate_write = os.pipe()
+    from execsession.posix_guardian import GroupGuardian
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        pairs = []
+        for _ in range(2):
+            client = socket.create_connection(listener.getsockname(), timeout=WAIT)
+            server_side, _ = listener.accept()
+            pairs.append((client, server_side))
+    (held_client, held), (released_client, released) = pairs
+    guardian = GroupGuardian()
     try:
-        with pytest.raises(FileNotFoundError):
-            posix_spawn.spawn(["/nonexistent/program"], shell=False, stdin=gate_read,
-                              stdout=gate_write, stderr=None, gate=gate_read)
-        with pytest.raises(FileNotFoundError):
-            posix_spawn.spawn(["no-such-program-anywhere"], shell=False, stdin=gate_read,
-                              stdout=gate_write, stderr=None, gate=gate_read)
+        guardian.hold(held.fileno())
+        guardian.hold(released.fileno())
+        assert guardian.sockets == 2 and guardian.starts == 1
+        guardian.unhold(released.fileno())
+        assert guardian.sockets == 1
+        guardian.close()  # EOF: as when the server dies
+        assert held_client.recv(10) == b""  # cut, though `held` is still open here
+        with pytest.raises(OSError):
+            held.send(b"x")  # shut both ways
+        released.sendall(b"alive\n")
+        assert released_client.recv(10) == b"alive\n"
     finally:
-        os.close(gate_read)
-        os.close(gate_write)
+        for client, server_side in pairs:
+            client.close()
+            server_side.close()
+
+
+@posix
+def test_a_replacement_guardian_gets_the_sockets_its_predecessor_held() -> None:
+    if sys.platform == "win32":  # pragma: no cover - a posix test; this tells mypy
+        raise AssertionError("posix only")
+    import signal
+
+    from execsession.posix_guardian import GroupGuardian
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=WAIT)
+        server_side, _ = listener.accept()
+    guardian = GroupGuardian()
+    try:
+        guardian.hold(server_side.fileno())
+        first = guardian.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        assert wait_dead(first)
+        # The next message finds it gone (EPIPE) and starts another, which gets the socket.
+        guardian.guard(os.getpid() + 10_000_000)  # an id no group has: harmless to "kill"
+        assert guardian.starts == 2 and guardian.pid != first
+        guardian.close()
+        assert client.recv(10) == b""
+    finally:
+        client.close()
+        server_side.close()
