@@ -553,7 +553,6 @@ class _PosixProcess(Process):
     def _started(self) -> None:
         """The process runs and its group is guarded (on the loop's thread)."""
 
-
     # -- the spawn's outcome ---------------------------------------------------------------------
     def _settle(self) -> None:
         """Take the finished job's outcome (once): the process, or the error. Closes the
