@@ -13,7 +13,8 @@ counts each Wine server's wineserver requests per MiB and per round trip: bench/
 For each server (a separate process on 127.0.0.1, serving every client with a fresh child):
 
 * throughput: ``--size`` MiB sent through ``cat`` and read back on one connection, MiB/s;
-* latency: 64-byte round trips on one connection (median and p99, microseconds);
+* latency: 64-byte round trips (median and p99, microseconds), ``--rtt-rounds`` rounds of one
+  connection each, every server running and measured in turn;
 * CPU seconds per GiB relayed (Linux: the server's process tree, children included, so
   ``cat``'s own share is in every figure; Windows: the server process alone);
 * concurrency: ``--sessions`` clients connected at once, each echoing one line; errors counted;
@@ -76,6 +77,7 @@ class Figures:
     sessions_ok: int = 0
     sessions_failed: int = 0
     sessions_runs: list[float] = field(default_factory=list)
+    rtt_round_medians: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -256,7 +258,7 @@ def round_trips(port: int, count: int) -> list[float]:
     deadline = time.monotonic() + PHASE_LIMIT / 3
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(count):
+        for _ in range(count + 1):
             if time.monotonic() > deadline:
                 break
             start = time.perf_counter()
@@ -268,7 +270,7 @@ def round_trips(port: int, count: int) -> list[float]:
                     raise RuntimeError("connection closed during the round trips")
                 got += len(data)
             times.append(time.perf_counter() - start)
-    return times
+    return times[1:]  # the first waited for the child to start
 
 
 def concurrency(port: int, sessions: int) -> tuple[int, int, float]:
@@ -347,13 +349,36 @@ def measure(name: str, command: Callable[[int], list[str]], args: argparse.Names
             cpu_after = tree_cpu_seconds(server.pid, port)
             if cpu_before is not None and cpu_after is not None and not stalled:
                 figures.cpu_per_gib = (cpu_after - cpu_before) / (args.repeat * args.size / 1024)
-        times = round_trips(port, args.round_trips)
-        figures.rtt_us = [t * 1e6 for t in times]
-        figures.rtt_median_us = statistics.median(times) * 1e6
-        figures.rtt_p99_us = sorted(times)[int(len(times) * 0.99) - 1] * 1e6
     finally:
         stop_server(server)
     return figures
+
+
+def measure_round_trips(all_figures: list[Figures], commands: list[Callable[[int], list[str]]],
+                        args: argparse.Namespace) -> None:
+    """64-byte round trips, every server running at once and measured in turn for
+    ``--rtt-rounds`` rounds (a fresh connection, and so child, per round; its first exchange
+    untimed): minutes of changing load land on every server alike (ACTIVE_KB SB8)."""
+    servers: list[tuple[subprocess.Popen[bytes], int]] = []
+    try:
+        for command in commands:
+            port = free_port()
+            servers.append((start_server(command(port), port), port))
+        per_round = max(1, args.round_trips // max(1, args.rtt_rounds))
+        for _ in range(args.rtt_rounds):
+            for figures, (_, port) in zip(all_figures, servers, strict=True):
+                times = [t * 1e6 for t in round_trips(port, per_round)]
+                if times:
+                    figures.rtt_us += times
+                    figures.rtt_round_medians.append(statistics.median(times))
+    finally:
+        for server, _ in servers:
+            stop_server(server)
+    for figures in all_figures:
+        if figures.rtt_us:
+            ordered = sorted(figures.rtt_us)
+            figures.rtt_median_us = statistics.median(ordered)
+            figures.rtt_p99_us = ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
 def measure_sessions(figures: Figures, command: Callable[[int], list[str]],
@@ -535,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="throughput runs (best counts)")
     parser.add_argument("--round-trips", type=int, default=500 if ON_WINDOWS else 2000)
     parser.add_argument("--sessions", type=int, default=200 if ON_WINDOWS else 1000)
+    parser.add_argument("--rtt-rounds", type=int, default=5,
+                        help="rounds of the round-trip phase, servers in turn (medians)")
     parser.add_argument("--session-rounds", type=int, default=3,
                         help="runs of the sessions phase per server, servers in turn (median)")
     parser.add_argument("--json", help="also write the figures for bench/report.py here")
@@ -610,6 +637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, command, _ in runs:
         print(f"measuring {name} ...", flush=True)
         results.append(measure(name, command, args))
+    if args.round_trips and args.rtt_rounds:
+        print(f"round trips, {args.rtt_rounds} rounds, servers in turn ...", flush=True)
+        measure_round_trips(results, [command for _, command, _ in runs], args)
     # Concurrent sessions are timed in turns (every server once per round): on a shared machine
     # minutes of changing load would otherwise land on one server (ACTIVE_KB SB1).
     for round_index in range(args.session_rounds if args.sessions else 0):
@@ -624,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_json(all_figures: list[Figures], args: argparse.Namespace) -> None:
     """The figures in bench.common's JSON format (for ``make bench``'s table and charts):
-    throughput per run, round trips as the medians of five equal slices of the samples."""
+    throughput per run, round trips as the median of each round."""
     from bench.common import Results
 
     results = Results(f"exec_relay-{'wine' if ON_WINDOWS else 'linux'}")
@@ -636,11 +666,9 @@ def write_json(all_figures: list[Figures], args: argparse.Namespace) -> None:
         else:
             results.unavailable("exec_relay", f"throughput, {args.size} MiB through cat",
                                 figures.name, "MiB/s", "higher", "; ".join(figures.notes))
-        if figures.rtt_us:
-            size = max(1, len(figures.rtt_us) // 5)
-            slices = [figures.rtt_us[i:i + size] for i in range(0, size * 5, size)]
+        if figures.rtt_round_medians:
             results.record("exec_relay", "64-byte round trip", figures.name, "µs", "lower",
-                           [statistics.median(part) for part in slices if part])
+                           figures.rtt_round_medians, note="servers in turn")
         if figures.cpu_per_gib is not None:
             results.record("exec_relay", "CPU per GiB", figures.name, "CPU s/GiB", "lower",
                            [figures.cpu_per_gib], note="the server's process tree")
