@@ -36,7 +36,8 @@ On Linux the process gets the connection itself as its stdin and stdout (--stdio
 inetd and the original nc -e do): no byte passes through this server, and the process's exit
 ends the connection (what it left running is killed). The options that need the bytes to pass
 through the server (--stderr separate, --idle-timeout, --connect-timeout, --drain-timeout,
---buffer, --max-buffer) relay through pipes instead, as does --stdio pipes and Windows.
+--buffer, --max-buffer) relay through pipes instead, as --stdio pipes and Windows always do.
+
 Ctrl-C or SIGTERM stops accepting, kills the children and exits; so does any other way out
 (an internal error included): no child outlives the server, not even after SIGKILL.
 """
