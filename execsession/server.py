@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .config import ExecSessionConfig
 from .loop import Loop
-from .session import EXIT_GRACE, ExecSession, SessionResult
-from .socket_stdio import SocketStdioSession, open_session, uses_socket_stdio
+from .session import EXIT_GRACE, SessionBase, SessionResult
+from .socket_stdio import open_session, uses_socket_stdio
 
 __all__ = ["DEFAULT_BACKLOG", "DEFAULT_MAX_CONNS", "AddressFilter", "ExecServer",
            "is_loopback_host", "parse_listen"]
@@ -197,7 +197,7 @@ class ExecServer:
         self.filter = address_filter or AddressFilter()
         self.stderr_sink = stderr_sink
         self.on_session_done = on_session_done
-        self.sessions: set[ExecSession | SocketStdioSession] = set()
+        self.sessions: set[SessionBase] = set()
         self.results: list[SessionResult] = []
         self.refused = 0
         self._accepted_one = False
@@ -298,7 +298,7 @@ class ExecServer:
         log.info("connection from %s:%s", host, peer[1])
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session: ExecSession | SocketStdioSession = open_session(
+        session: SessionBase = open_session(
             conn, self.command, loop=self.loop, config=self.config, shell=self.shell,
             stderr_sink=self.stderr_sink,
             on_done=lambda result: self._session_done(session, result))
@@ -321,8 +321,7 @@ class ExecServer:
             pass
         conn.close()
 
-    def _session_done(self, session: ExecSession | SocketStdioSession,
-                      result: SessionResult) -> None:
+    def _session_done(self, session: SessionBase, result: SessionResult) -> None:
         self.sessions.discard(session)
         self.results.append(result)
         log.info("child %s: %s, exit code %s", session.pid, result.reason, result.returncode)

@@ -41,12 +41,13 @@ from .loop import (
     RELAY_SMALL,
     Child,
     Loop,
+    Process,
     RelayCounters,
     Stream,
     Timer,
 )
 
-__all__ = ["ExecSession", "SessionResult"]
+__all__ = ["ExecSession", "SessionBase", "SessionResult"]
 
 log = logging.getLogger("execsession")
 # Log messages get str(error), never the exception: a record that keeps an exception keeps its
@@ -136,7 +137,148 @@ class _Flow:
         return not self.paused
 
 
-class ExecSession:
+class SessionBase:
+    """What every session shares: ``sock`` (connected; the session owns and closes it) and
+    ``command`` (an argv list, or a string run by the shell with ``shell=True``) checked, its
+    own loop or the caller's, and the life cycle — :meth:`start` (the subclass's), :meth:`run`,
+    :meth:`abort`, :meth:`callback_failed`, :meth:`close` — ending in the subclass's
+    ``_finish``, which reports ``on_done(result)`` once everything is released."""
+
+    _child: Process | None
+
+    def __init__(self, sock: socket.socket, command: Sequence[str] | str, *,
+                 loop: Loop | None, config: ExecSessionConfig, shell: bool,
+                 on_done: Callable[[SessionResult], None] | None, cwd: str | None,
+                 env: dict[str, str] | None) -> None:
+        if isinstance(command, str) and not shell:
+            raise TypeError("command: a string needs shell=True; pass an argv list otherwise")
+        if not isinstance(command, str) and not command:
+            raise ValueError("command: the argv list is empty")
+        self._own_loop = loop is None
+        self.loop: Loop = loop if loop is not None else open_loop()
+        self.config = config
+        self._sock = sock
+        self._command = command
+        self._shell = shell
+        self._cwd = cwd
+        self._env = env
+        self._on_done = on_done
+        self.result: SessionResult | None = None
+        self._child = None
+        self._timer: Timer | None = None
+        self._returncode: int | None = None
+        self._exited = False
+        self._aborting: str | None = None
+        self._error: str | None = None
+        self._finished = False
+        self._started = False
+        self._started_at = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def run(self, timeout: float | None = None) -> SessionResult | None:
+        """Start (if needed) and run the session's own loop until it is done."""
+        if not self._started:
+            self.start()
+        self.loop.run(until=lambda: self._finished, timeout=timeout)
+        if self._own_loop and self._finished:
+            self.loop.close()
+        return self.result
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Kill the child's tree and drop the connection; the session ends once it is reaped."""
+        if self._finished or self._aborting is not None:
+            return
+        log.info("session pid %s: %s", self.pid, reason)
+        self._aborting = reason
+        self._drop_connection()
+        if self._child is not None:
+            self._child.kill()
+        if self._exited:
+            self.loop.call_soon(self._finish)
+        else:
+            self._reschedule(EXIT_GRACE)
+
+    def callback_failed(self, error: BaseException) -> None:
+        """The loop's report that one of this session's callbacks (or its streams' or child's)
+        raised ``error`` (already logged): end this session — kill the tree, close the
+        connection — and nothing else."""
+        if self._finished:
+            return
+        if self._error is None:
+            self._error = f"internal error: {type(error).__name__}: {error}"
+        if self._child is None:
+            self._exited = True  # nothing to wait for
+        if self._aborting is None:
+            try:
+                self.abort("internal-error")
+                return
+            except Exception as second:
+                log.error("session pid %s: aborting failed: %s", self.pid, str(second))
+        self._finish()  # already ending (or abort failed): end now
+
+    def close(self, reason: str = "server-shutdown") -> None:
+        """End now, without waiting for anything: kill the tree, release everything (the
+        child is reaped, waiting at most a second), and report the result."""
+        if self._finished:
+            return
+        if self._aborting is None:
+            self._aborting = reason
+        self._finish()
+
+    def _spawn_failed(self, error: BaseException) -> None:
+        """The child could not be started — at once, or later by a backend that starts it in
+        the background: end the session (``spawn-failed``), the connection closed."""
+        if self._finished:
+            return
+        log.warning("cannot start %r: %s", self._command, str(error))
+        self._error = f"{type(error).__name__}: {error}"
+        if self._aborting is None:
+            self._aborting = "spawn-failed"
+        self._exited = True
+        self.loop.call_soon(self._finish)
+
+    def _reschedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _on_exit(self, returncode: int) -> None:
+        """The child exited: its code is the session's; an aborting session ends now, a running
+        one decides in :meth:`_child_exited`."""
+        self._returncode = returncode
+        self._exited = True
+        log.debug("session pid %s exited with %d", self.pid, returncode)
+        if self._aborting is not None:
+            self.loop.call_soon(self._finish)
+        elif not self._finished:
+            self._child_exited()
+
+    # -- the subclass's ---------------------------------------------------------------------
+    def _child_exited(self) -> None:
+        raise NotImplementedError
+
+    def _drop_connection(self) -> None:
+        """(abort) End the connection now, for the client and the child."""
+        raise NotImplementedError
+
+    def _on_timer(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+
+class ExecSession(SessionBase):
     """Relays ``sock`` (connected; the session owns and closes it) to a child running
     ``command`` (an argv list, or a string run by the shell with ``shell=True``).
 
@@ -146,29 +288,18 @@ class ExecSession:
     :meth:`run`.
     """
 
+    _child: Child | None
+
     def __init__(self, sock: socket.socket, command: Sequence[str] | str, *,
                  loop: Loop | None = None, config: ExecSessionConfig | None = None,
                  shell: bool = False, stderr_sink: Callable[[bytes], None] | None = None,
                  on_done: Callable[[SessionResult], None] | None = None,
                  cwd: str | None = None, env: dict[str, str] | None = None) -> None:
-        if isinstance(command, str) and not shell:
-            raise TypeError("command: a string needs shell=True; pass an argv list otherwise")
-        if not isinstance(command, str) and not command:
-            raise ValueError("command: the argv list is empty")
-        self._own_loop = loop is None
-        self.loop: Loop = loop if loop is not None else open_loop()
-        self.config = config or ExecSessionConfig()
-        self._sock = sock
-        self._command = command
-        self._shell = shell
-        self._cwd = cwd
-        self._env = env
+        super().__init__(sock, command, loop=loop, config=config or ExecSessionConfig(),
+                         shell=shell, on_done=on_done, cwd=cwd, env=env)
         self._stderr_sink = stderr_sink
-        self._on_done = on_done
-        self.result: SessionResult | None = None
 
         self._client: Stream | None = None
-        self._child: Child | None = None
         # The reads' chunks as they came, written out as they are (no copy per chunk:
         # execsession.chunks says why).
         self._to_child = ChunkQueue()
@@ -195,19 +326,11 @@ class ExecSession:
         self._io_chunk = min(READ_CHUNK, getattr(self.loop, "MAX_IO_SIZE", READ_CHUNK))
         self._client_eof = self._out_eof = self._err_eof = False
         self._stdin_closed = self._stdin_broken = self._shut_wr = False
-        self._returncode: int | None = None
-        self._exited = False
         self._closing = False  # output sent, child gone: waiting for the client's EOF
         self._drain_deadline: float | None = None  # child gone, its output still open
         self._tree_killed = False
-        self._aborting: str | None = None
-        self._error: str | None = None
-        self._finished = False
-        self._started = False
-        self._started_at = 0.0
         self._last_activity = 0.0
         self._active = False
-        self._timer: Timer | None = None
         self._close_deadline = 0.0
         self._bytes_in = self._bytes_out = self._bytes_err = 0
         self._peak = 0
@@ -221,14 +344,6 @@ class ExecSession:
         self._relay_in_size = self._relay_out_size = 0
 
     # -- life cycle ----------------------------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self._finished
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child is not None else None
-
     @property
     def bytes_from_client(self) -> int:
         """Bytes of the client's relayed to the child so far (a running relay's included)."""
@@ -273,68 +388,9 @@ class ExecSession:
         self._schedule_timeouts()
         self._pump()
 
-    def _spawn_failed(self, error: BaseException) -> None:
-        """The child could not be started — at once, or later by a backend that starts it in
-        the background: end the session (``spawn-failed``), the connection closed."""
-        if self._finished:
-            return
-        log.warning("cannot start %r: %s", self._command, str(error))
-        self._error = f"{type(error).__name__}: {error}"
-        if self._aborting is None:
-            self._aborting = "spawn-failed"
-        self._exited = True
-        self.loop.call_soon(self._finish)
-
-    def run(self, timeout: float | None = None) -> SessionResult | None:
-        """Start (if needed) and run the session's own loop until it is done."""
-        if not self._started:
-            self.start()
-        self.loop.run(until=lambda: self._finished, timeout=timeout)
-        if self._own_loop and self._finished:
-            self.loop.close()
-        return self.result
-
-    def abort(self, reason: str = "aborted") -> None:
-        """Kill the child's tree and drop the connection; the session ends once it is reaped."""
-        if self._finished or self._aborting is not None:
-            return
-        log.info("session pid %s: %s", self.pid, reason)
-        self._aborting = reason
+    def _drop_connection(self) -> None:
         self._release_relays()
         self._close_client()
-        if self._child is not None:
-            self._child.kill()
-        if self._exited:
-            self.loop.call_soon(self._finish)
-        else:
-            self._reschedule(EXIT_GRACE)
-
-    def callback_failed(self, error: BaseException) -> None:
-        """The loop's report that one of this session's callbacks (or its streams' or child's)
-        raised ``error`` (already logged): end this session — kill the tree, close the
-        connection — and nothing else."""
-        if self._finished:
-            return
-        if self._error is None:
-            self._error = f"internal error: {type(error).__name__}: {error}"
-        if self._child is None:
-            self._exited = True  # nothing to wait for
-        if self._aborting is None:
-            try:
-                self.abort("internal-error")
-                return
-            except Exception as second:
-                log.error("session pid %s: aborting failed: %s", self.pid, str(second))
-        self._finish()  # already ending (or abort failed): end now
-
-    def close(self, reason: str = "server-shutdown") -> None:
-        """End now, without waiting for anything: kill the tree, release everything (the
-        child is reaped, waiting at most a second), and report the result."""
-        if self._finished:
-            return
-        if self._aborting is None:
-            self._aborting = reason
-        self._finish()
 
     # -- the pump: decide what to read and write next ---------------------------------------
     def _pump(self) -> None:
@@ -663,15 +719,7 @@ class ExecSession:
             return  # nothing for the pump to do: as in _on_stdin_written
         self._pump()
 
-    def _on_exit(self, returncode: int) -> None:
-        self._returncode = returncode
-        self._exited = True
-        log.debug("session pid %s exited with %d", self.pid, returncode)
-        if self._aborting is not None:
-            self.loop.call_soon(self._finish)
-            return
-        if self._finished:
-            return
+    def _child_exited(self) -> None:
         if not (self._out_eof and self._err_eof):
             # Something the child started still holds its output: relay it for drain_timeout
             # more seconds, then kill the tree (its output then ends).
@@ -715,11 +763,6 @@ class ExecSession:
         deadlines = self._deadlines()
         if deadlines:
             self._reschedule(min(deadlines)[0] - self.loop.time())
-
-    def _reschedule(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

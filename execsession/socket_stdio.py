@@ -39,10 +39,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .backends import open_loop
 from .config import ExecSessionConfig, StdioMode
-from .loop import Loop, Process, Stream, Timer
-from .session import EXIT_GRACE, READ_CHUNK, ExecSession, SessionResult
+from .loop import Loop, Process, Stream
+from .session import READ_CHUNK, ExecSession, SessionBase, SessionResult
 
 __all__ = ["SocketStdioSession", "open_session", "tcp_byte_counts", "uses_socket_stdio"]
 
@@ -116,7 +115,7 @@ def uses_socket_stdio(loop: Loop, sock: socket.socket, config: ExecSessionConfig
 
 
 def open_session(sock: socket.socket, command: Sequence[str] | str, *, loop: Loop,
-                 config: ExecSessionConfig, **options: Any) -> ExecSession | SocketStdioSession:
+                 config: ExecSessionConfig, **options: Any) -> SessionBase:
     """The session ``config.stdio`` asks for on ``loop``: a :class:`SocketStdioSession` or a
     relaying :class:`ExecSession` (``options`` are their common keyword arguments)."""
     if uses_socket_stdio(loop, sock, config):
@@ -124,29 +123,27 @@ def open_session(sock: socket.socket, command: Sequence[str] | str, *, loop: Loo
     return ExecSession(sock, command, loop=loop, config=config, **options)
 
 
-class SocketStdioSession:
+class SocketStdioSession(SessionBase):
     """Runs ``command`` with ``sock`` (connected; the session owns and closes it) as its stdin
     and stdout (and stderr, in ``merge`` mode). The same interface as
     :class:`execsession.ExecSession`: :meth:`start`, ``on_done(result)`` once everything is
     released, :meth:`abort`, :meth:`close`, :meth:`run` without a loop. ``stderr_sink`` is
     accepted for that interface's sake and never called (``separate`` needs a relay)."""
 
+    _child: Process | None
+
     def __init__(self, sock: socket.socket, command: Sequence[str] | str, *,
                  loop: Loop | None = None, config: ExecSessionConfig | None = None,
                  shell: bool = False, stderr_sink: Callable[[bytes], None] | None = None,
                  on_done: Callable[[SessionResult], None] | None = None,
                  cwd: str | None = None, env: dict[str, str] | None = None) -> None:
-        if isinstance(command, str) and not shell:
-            raise TypeError("command: a string needs shell=True; pass an argv list otherwise")
-        if not isinstance(command, str) and not command:
-            raise ValueError("command: the argv list is empty")
         config = config or ExecSessionConfig(stdio=StdioMode.SOCKET)
         if config.stdio is StdioMode.PIPES:
             raise ValueError("config.stdio is pipes: ExecSession relays those")
         if config.needs_relay is not None:
             raise ValueError(f"{config.needs_relay} needs a relay (ExecSession)")
-        self._own_loop = loop is None
-        self.loop: Loop = loop if loop is not None else open_loop()
+        super().__init__(sock, command, loop=loop, config=config, shell=shell, on_done=on_done,
+                         cwd=cwd, env=env)
         try:
             uses_socket_stdio(self.loop, sock, ExecSessionConfig(stdio=StdioMode.SOCKET,
                                                                  stderr=config.stderr))
@@ -154,40 +151,15 @@ class SocketStdioSession:
             if self._own_loop:
                 self.loop.close()
             raise
-        self.config = config
-        self._sock = sock
-        self._command = command
-        self._shell = shell
-        self._cwd = cwd
-        self._env = env
-        self._on_done = on_done
-        self.result: SessionResult | None = None
-        self._child: Process | None = None
         self._hangup: object | None = None  # the loop's watch of the socket while the child runs
         self._closer: Stream | None = None  # reads (and drops) until the client's EOF at the end
-        self._timer: Timer | None = None
-        self._returncode: int | None = None
-        self._exited = False
         self._closing = False
         self._close_deadline = 0.0
-        self._aborting: str | None = None
-        self._error: str | None = None
-        self._finished = False
-        self._started = False
-        self._started_at = 0.0
         self._counts = (0, 0)  # TCP_INFO's, taken as the socket closes
         self._eof_seen = False
         self._fin_sent = False
 
     # -- the ExecSession interface ----------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self._finished
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child is not None else None
-
     @property
     def bytes_from_client(self) -> int:
         """Bytes the connection received from the client so far (``TCP_INFO``)."""
@@ -223,21 +195,7 @@ class SocketStdioSession:
         child.watch_exit(self._on_exit)
         self._schedule_timeouts()
 
-    def run(self, timeout: float | None = None) -> SessionResult | None:
-        """Start (if needed) and run the session's own loop until it is done."""
-        if not self._started:
-            self.start()
-        self.loop.run(until=lambda: self._finished, timeout=timeout)
-        if self._own_loop and self._finished:
-            self.loop.close()
-        return self.result
-
-    def abort(self, reason: str = "aborted") -> None:
-        """Kill the child's tree and drop the connection; the session ends once it is reaped."""
-        if self._finished or self._aborting is not None:
-            return
-        log.info("session pid %s: %s", self.pid, reason)
-        self._aborting = reason
+    def _drop_connection(self) -> None:
         self._forget_hangup()
         try:
             # Ends the connection for the child and the client alike; the fd itself stays
@@ -246,49 +204,8 @@ class SocketStdioSession:
             self._fin_sent = True
         except OSError:
             pass
-        if self._child is not None:
-            self._child.kill()
-        if self._exited:
-            self.loop.call_soon(self._finish)
-        else:
-            self._reschedule(EXIT_GRACE)
-
-    def callback_failed(self, error: BaseException) -> None:
-        """One of this session's callbacks raised ``error`` (already logged): end this session
-        only."""
-        if self._finished:
-            return
-        if self._error is None:
-            self._error = f"internal error: {type(error).__name__}: {error}"
-        if self._child is None:
-            self._exited = True
-        if self._aborting is None:
-            try:
-                self.abort("internal-error")
-                return
-            except Exception as second:
-                log.error("session pid %s: aborting failed: %s", self.pid, str(second))
-        self._finish()
-
-    def close(self, reason: str = "server-shutdown") -> None:
-        """End now: kill the tree, release everything, report the result."""
-        if self._finished:
-            return
-        if self._aborting is None:
-            self._aborting = reason
-        self._finish()
 
     # -- events -------------------------------------------------------------------------------
-    def _spawn_failed(self, error: BaseException) -> None:
-        if self._finished:
-            return
-        log.warning("cannot start %r: %s", self._command, str(error))
-        self._error = f"{type(error).__name__}: {error}"
-        if self._aborting is None:
-            self._aborting = "spawn-failed"
-        self._exited = True
-        self.loop.call_soon(self._finish)
-
     def _forget_hangup(self) -> None:
         watch, self._hangup = self._hangup, None
         if watch is not None:
@@ -320,15 +237,7 @@ class SocketStdioSession:
                   os.strerror(code) if code else "the connection was closed both ways")
         self.abort("client-disconnected")
 
-    def _on_exit(self, returncode: int) -> None:
-        self._returncode = returncode
-        self._exited = True
-        log.debug("session pid %s exited with %d", self.pid, returncode)
-        if self._aborting is not None:
-            self.loop.call_soon(self._finish)
-            return
-        if self._finished:
-            return
+    def _child_exited(self) -> None:
         if self._hangup is not None and self._connection_over():
             # The hang-up came with (and maybe killed) the child: it is the session's end.
             self._forget_hangup()
@@ -367,11 +276,6 @@ class SocketStdioSession:
             self._reschedule(self._close_deadline - self.loop.time())
         elif self.config.exec_timeout:
             self._reschedule(self._started_at + self.config.exec_timeout - self.loop.time())
-
-    def _reschedule(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -28,6 +28,7 @@ from execsession import (
     open_session,
 )
 from tests.exec_support import (
+    ECHO_CODE,
     NATIVE_CAT,
     ON_WINDOWS,
     WAIT,
@@ -50,12 +51,7 @@ REPORT_THEN_ECHO = (
     "import os, stat, sys\n"
     "kinds = ['socket' if stat.S_ISSOCK(os.fstat(fd).st_mode) else 'other' for fd in (0, 1, 2)]\n"
     "os.write(1, (' '.join(kinds) + ' ' + str(os.get_blocking(0)) + '\\n').encode())\n"
-    "while True:\n"
-    "    data = os.read(0, 65536)\n"
-    "    if not data:\n"
-    "        break\n"
-    "    while data:\n"
-    "        data = data[os.write(1, data):]\n"
+    + ECHO_CODE
 )
 # A grandchild that sleeps, its pid and ours printed; then the child sleeps without touching its
 # stdio (only a hang-up watch can see the client go).
