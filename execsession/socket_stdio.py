@@ -22,8 +22,8 @@ The rules it keeps
   is shut — the client gets FIN after every byte the child wrote — and the client's EOF is
   awaited for ``close_timeout``, what comes discarded, so that the close is graceful.
 * Byte counts come from ``TCP_INFO`` and ``SIOCOUTQ`` (Linux): the payload the connection
-  received, and the payload written to it.
-  Pauses and buffers are the kernel's: the result reports none.
+  received, and the payload written to it. Pauses and buffers are the kernel's: the result
+  reports none.
 
 What a relay does that this cannot (:attr:`ExecSessionConfig.needs_relay`): ``stderr=separate``,
 idle and connect timeouts. ``stdio=auto`` relays when a config asks for one of them.
@@ -52,7 +52,7 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None)
 # (u64, Linux 4.1/4.2) at 120, each counting a FIN as one byte (it takes a sequence number).
 # What the child wrote is more than what was acknowledged while its last bytes are in flight
 # (the session may end then: the kernel still delivers them after close): SIOCOUTQ adds the
-# bytes written and not yet acknowledged, our FIN included once sent (SB4).
+# bytes written and not yet acknowledged, our FIN included once sent (ACTIVE_KB SB5).
 _COUNTS = struct.Struct("=QQ")
 _COUNTS_OFFSET = 120
 _SIOCOUTQ = 0x5411  # = TIOCOUTQ (linux/sockios.h)
