@@ -108,22 +108,8 @@ class ExecSessionConfig:
     stdio: StdioMode = StdioMode.AUTO
 
     def __post_init__(self) -> None:
-        if isinstance(self.stdio, str) and not isinstance(self.stdio, StdioMode):
-            try:
-                object.__setattr__(self, "stdio", StdioMode(self.stdio))
-            except ValueError:
-                choices = ", ".join(mode.value for mode in StdioMode)
-                raise ConfigError("stdio", f"{self.stdio!r} is not one of {choices}") from None
-        if not isinstance(self.stdio, StdioMode):
-            raise ConfigError("stdio", f"expected a StdioMode, not {self.stdio!r}")
-        if isinstance(self.stderr, str) and not isinstance(self.stderr, StderrMode):
-            try:
-                object.__setattr__(self, "stderr", StderrMode(self.stderr))
-            except ValueError:
-                choices = ", ".join(mode.value for mode in StderrMode)
-                raise ConfigError("stderr", f"{self.stderr!r} is not one of {choices}") from None
-        if not isinstance(self.stderr, StderrMode):
-            raise ConfigError("stderr", f"expected a StderrMode, not {self.stderr!r}")
+        for name, kind in (("stdio", StdioMode), ("stderr", StderrMode)):
+            self._check_mode(name, kind)
         for name in ("stdin_buffer", "stdout_buffer", "stderr_buffer", "max_buffer",
                      "max_buffered"):
             value = getattr(self, name)
@@ -160,6 +146,18 @@ class ExecSessionConfig:
         if self.stdio is StdioMode.SOCKET and self.needs_relay is not None:
             raise ConfigError("stdio", f"socket: {self.needs_relay} needs the bytes to pass "
                                        "through the server (stdio=pipes)")
+
+    def _check_mode(self, name: str, kind: type[enum.Enum]) -> None:
+        """Field ``name`` is a ``kind`` member, or its value (then made the member)."""
+        value = getattr(self, name)
+        if isinstance(value, str):
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                choices = ", ".join(mode.value for mode in kind)
+                raise ConfigError(name, f"{value!r} is not one of {choices}") from None
+        elif not isinstance(value, kind):
+            raise ConfigError(name, f"expected a {kind.__name__}, not {value!r}")
 
     @property
     def needs_relay(self) -> str | None:
