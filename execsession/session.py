@@ -252,6 +252,33 @@ class SessionBase:
             self._timer.cancel()
         self._timer = self.loop.call_later(delay, self._on_timer)
 
+    def _release_child(self) -> None:
+        """(``_finish``) Kill whatever the child left running in its tree and release the child
+        (reaped, waiting briefly); each step is attempted whatever the one before raised."""
+        if self._child is None:
+            return
+        try:
+            self._child.kill()
+        except Exception as error:
+            log.error("session pid %s: kill failed: %s", self.pid, str(error))
+        try:
+            self._child.close()
+        except Exception as error:
+            log.error("session pid %s: releasing the child failed: %s", self.pid, str(error))
+
+    _ENDED_NOTE = ""
+    """Appended to the "ended" log line (what kind of session it was)."""
+
+    def _report(self, result: SessionResult) -> None:
+        """(``_finish``) Keep ``result``, log it and hand it to ``on_done`` (once)."""
+        self.result = result
+        log.info("session pid %s ended: %s, exit code %s, %d bytes in, %d out%s", self.pid,
+                 result.reason, result.returncode, result.bytes_from_client,
+                 result.bytes_to_client, self._ENDED_NOTE)
+        on_done, self._on_done = self._on_done, None  # often a closure over this session
+        if on_done is not None:
+            on_done(result)
+
     def _on_exit(self, returncode: int) -> None:
         """The child exited: its code is the session's; an aborting session ends now, a running
         one decides in :meth:`_child_exited`."""
@@ -811,17 +838,8 @@ class ExecSession(SessionBase):
             self._close_client()
         except Exception as error:
             log.error("session pid %s: closing the connection failed: %s", self.pid, str(error))
-        if self._child is not None:
-            try:
-                self._child.kill()  # whatever the child left running in its tree
-            except Exception as error:
-                log.error("session pid %s: kill failed: %s", self.pid, str(error))
-            try:
-                self._child.close()
-            except Exception as error:
-                log.error("session pid %s: releasing the child failed: %s", self.pid,
-                          str(error))
-        self.result = SessionResult(
+        self._release_child()
+        self._report(SessionResult(
             reason=self._aborting or "exited",
             returncode=self._returncode,
             bytes_from_client=self._bytes_in,
@@ -834,10 +852,4 @@ class ExecSession(SessionBase):
             largest_buffer=max(self._in_flow.largest, self._out_flow.largest),
             buffer_grows=self._in_flow.grows + self._out_flow.grows,
             buffer_shrinks=self._in_flow.shrinks + self._out_flow.shrinks,
-        )
-        log.info("session pid %s ended: %s, exit code %s, %d bytes in, %d out",
-                 self.pid, self.result.reason, self._returncode, self._bytes_in,
-                 self._bytes_out)
-        on_done, self._on_done = self._on_done, None  # often a closure over this session
-        if on_done is not None:
-            on_done(self.result)
+        ))

@@ -95,18 +95,22 @@ def tcp_byte_counts(sock: socket.socket, *, eof_seen: bool = False,
     return received, sent
 
 
+def _why_not(loop: Loop, sock: socket.socket) -> str | None:
+    """Why ``sock`` cannot be a child's stdio on ``loop`` (``None``: it can)."""
+    if not getattr(loop, "SOCKET_STDIO", False):
+        return f"the {loop.backend} loop here cannot (Linux's selectors loop can)"
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return "only a TCP connection is handed over"
+    return None
+
+
 def uses_socket_stdio(loop: Loop, sock: socket.socket, config: ExecSessionConfig) -> bool:
     """Whether a session for ``sock`` gives the child the connection itself: ``stdio=socket``,
     or ``auto`` where the loop can and the config needs no relay. Raises ``ValueError`` for
     ``stdio=socket`` where the loop or the socket cannot (saying which)."""
     if config.stdio is StdioMode.PIPES:
         return False
-    reason = None
-    if not getattr(loop, "SOCKET_STDIO", False):
-        reason = f"the {loop.backend} loop here cannot (Linux's selectors loop can)"
-    elif (sock.type != socket.SOCK_STREAM
-          or sock.family not in (socket.AF_INET, socket.AF_INET6)):
-        reason = "only a TCP connection is handed over"
+    reason = _why_not(loop, sock)
     if config.stdio is StdioMode.SOCKET:
         if reason is not None:
             raise ValueError(f"stdio=socket: {reason}; use stdio=pipes or auto")
@@ -131,6 +135,7 @@ class SocketStdioSession(SessionBase):
     accepted for that interface's sake and never called (``separate`` needs a relay)."""
 
     _child: Process | None
+    _ENDED_NOTE = " (socket stdio)"
 
     def __init__(self, sock: socket.socket, command: Sequence[str] | str, *,
                  loop: Loop | None = None, config: ExecSessionConfig | None = None,
@@ -144,18 +149,15 @@ class SocketStdioSession(SessionBase):
             raise ValueError(f"{config.needs_relay} needs a relay (ExecSession)")
         super().__init__(sock, command, loop=loop, config=config, shell=shell, on_done=on_done,
                          cwd=cwd, env=env)
-        try:
-            uses_socket_stdio(self.loop, sock, ExecSessionConfig(stdio=StdioMode.SOCKET,
-                                                                 stderr=config.stderr))
-        except ValueError:
+        reason = _why_not(self.loop, sock)
+        if reason is not None:
             if self._own_loop:
                 self.loop.close()
-            raise
+            raise ValueError(f"stdio=socket: {reason}; use stdio=pipes or auto")
         self._hangup: object | None = None  # the loop's watch of the socket while the child runs
         self._closer: Stream | None = None  # reads (and drops) until the client's EOF at the end
         self._closing = False
         self._close_deadline = 0.0
-        self._counts = (0, 0)  # TCP_INFO's, taken as the socket closes
         self._eof_seen = False
         self._fin_sent = False
 
@@ -163,12 +165,16 @@ class SocketStdioSession(SessionBase):
     @property
     def bytes_from_client(self) -> int:
         """Bytes the connection received from the client so far (``TCP_INFO``)."""
-        return self._counts[0] if self._finished else tcp_byte_counts(self._sock)[0]
+        if self.result is not None:
+            return self.result.bytes_from_client
+        return tcp_byte_counts(self._sock)[0]
 
     @property
     def bytes_to_client(self) -> int:
         """Bytes written to the client so far (``TCP_INFO``, ``SIOCOUTQ``)."""
-        return self._counts[1] if self._finished else tcp_byte_counts(self._sock)[1]
+        if self.result is not None:
+            return self.result.bytes_to_client
+        return tcp_byte_counts(self._sock)[1]
 
     def start(self) -> None:
         """Spawn the child on the socket. A spawn failure ends the session at once
@@ -218,32 +224,35 @@ class SocketStdioSession(SessionBase):
         self._forget_hangup()  # level-triggered: it would be reported on every wait
         if self._finished or self._aborting is not None:
             return
-        self._client_lost()
+        self._client_lost(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
-    def _connection_over(self) -> bool:
-        """Whether the connection ended both ways (``TCP_CLOSE``) or has an error pending: the
-        child may have died of it (a read that failed with ``ECONNRESET`` takes the error)."""
+    def _connection_lost(self) -> int | None:
+        """``None`` while the connection lives; else its pending error (0: none, it ended both
+        ways, ``TCP_CLOSE``). The child may have died of it: a read that failed with
+        ``ECONNRESET`` took the error, the state stays. (Reading ``SO_ERROR`` clears it: once.)"""
+        code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            return code
         if _TCP_INFO is not None:
             try:
                 if self._sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] == _TCP_CLOSE:
-                    return True
-            except OSError:
-                return True
-        return bool(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+                    return 0
+            except OSError as error:
+                return error.errno or 0
+        return None
 
-    def _client_lost(self) -> None:
-        code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    def _client_lost(self, code: int) -> None:
         log.debug("session pid %s: client lost: %s", self.pid,
                   os.strerror(code) if code else "the connection was closed both ways")
         self.abort("client-disconnected")
 
     def _child_exited(self) -> None:
-        if self._hangup is not None and self._connection_over():
-            # The hang-up came with (and maybe killed) the child: it is the session's end.
-            self._forget_hangup()
-            self._client_lost()
-            return
+        lost = self._connection_lost() if self._hangup is not None else None
         self._forget_hangup()
+        if lost is not None:
+            # The hang-up came with (and maybe killed) the child: it is the session's end.
+            self._client_lost(lost)
+            return
         assert self._child is not None
         self._child.kill()  # what it left running goes with it (see the essay)
         try:
@@ -293,8 +302,8 @@ class SocketStdioSession(SessionBase):
     def _finish(self) -> None:
         if self._finished:
             return
-        self._counts = tcp_byte_counts(self._sock, eof_seen=self._eof_seen,  # closed below
-                                       fin_sent=self._fin_sent)
+        received, sent = tcp_byte_counts(self._sock, eof_seen=self._eof_seen,  # closed below
+                                         fin_sent=self._fin_sent)
         self._finished = True
         if self._timer is not None:
             self._timer.cancel()
@@ -307,31 +316,16 @@ class SocketStdioSession(SessionBase):
         except Exception as error:
             log.error("session pid %s: releasing the connection failed: %s", self.pid,
                       str(error))
-        if self._child is not None:
-            try:
-                self._child.kill()
-            except Exception as error:
-                log.error("session pid %s: kill failed: %s", self.pid, str(error))
-            try:
-                self._child.close()  # waits for a spawn under way: the fd is its stdio
-            except Exception as error:
-                log.error("session pid %s: releasing the child failed: %s", self.pid,
-                          str(error))
+        self._release_child()  # waits for a spawn under way: the fd is its stdio till then
         try:
             self._sock.close()
         except OSError:
             pass
-        received, sent = self._counts
-        self.result = SessionResult(
+        self._report(SessionResult(
             reason=self._aborting or "exited", returncode=self._returncode,
             bytes_from_client=received, bytes_to_client=sent, bytes_stderr=0,
             pauses=0, peak_buffered=0, duration=self.loop.time() - self._started_at,
-            error=self._error)
-        log.info("session pid %s ended: %s, exit code %s, %d bytes in, %d out (socket stdio)",
-                 self.pid, self.result.reason, self._returncode, received, sent)
-        on_done, self._on_done = self._on_done, None
-        if on_done is not None:
-            on_done(self.result)
+            error=self._error))
 
     def __repr__(self) -> str:
         state = "done" if self._finished else "closing" if self._closing else "running"
